@@ -6,10 +6,28 @@ models. Money is a decimal string (``"0.000123"``), never a summed float.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from effreason_agents.errors import StoreError
+
+__all__ = [
+    "MIGRATIONS",
+    "AttemptRecord",
+    "OutcomeStore",
+    "RequestRecord",
+    "RequestStatus",
+    "open_store",
+    "utc_now",
+]
 
 RequestStatus = Literal["answered", "low_confidence", "failed", "budget_exhausted"]
 
@@ -69,3 +87,330 @@ class RequestRecord(BaseModel):
     started_at: str
     finished_at: str = Field(default_factory=utc_now)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------
+
+# Named, append-only migrations (the simonw/llm style): never edit or reorder
+# an entry once released; add a new one at the end instead.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_requests_and_attempts",
+        """
+        CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            question TEXT NOT NULL,
+            final_answer TEXT,
+            final_attempt_index INTEGER,
+            status TEXT NOT NULL,
+            difficulty TEXT,
+            arms_tried TEXT NOT NULL DEFAULT '[]',
+            escalated INTEGER NOT NULL DEFAULT 0,
+            total_input_tokens INTEGER NOT NULL DEFAULT 0,
+            total_output_tokens INTEGER NOT NULL DEFAULT 0,
+            total_cost_usd TEXT NOT NULL DEFAULT '0',
+            graph_version TEXT NOT NULL,
+            config_version TEXT NOT NULL,
+            thread_id TEXT,
+            user_id TEXT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            extra TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX idx_requests_started_at ON requests(started_at);
+        CREATE TABLE attempts (
+            attempt_id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL REFERENCES requests(request_id) ON DELETE CASCADE,
+            attempt_index INTEGER NOT NULL,
+            arm TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            model TEXT NOT NULL,
+            engine TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            max_tokens INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd TEXT NOT NULL DEFAULT '0',
+            latency_s REAL NOT NULL DEFAULT 0,
+            finish_reason TEXT,
+            confidence REAL,
+            confidence_method TEXT,
+            signals TEXT NOT NULL DEFAULT '{}',
+            answer TEXT,
+            raw_text TEXT NOT NULL DEFAULT '',
+            error TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE (request_id, attempt_index)
+        );
+        CREATE INDEX idx_attempts_request_id ON attempts(request_id);
+        """,
+    ),
+]
+
+_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals"})
+_BOOL_COLUMNS = frozenset({"escalated"})
+_MONEY_FIELDS = ("total_cost_usd", "cost_usd")
+# Record field -> column name, where they differ (``index`` is an SQL keyword).
+_ATTEMPT_RENAMES = {"index": "attempt_index"}
+
+
+def _split_statements(sql: str) -> list[str]:
+    """Split a migration script into complete statements (semicolons in strings are safe)."""
+    statements: list[str] = []
+    buffer = ""
+    for part in sql.split(";"):
+        buffer += part + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\r\n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def _encode(model: BaseModel, renames: dict[str, str] | None = None) -> dict[str, Any]:
+    renames = renames or {}
+    row: dict[str, Any] = {}
+    for field, value in model.model_dump(mode="json").items():
+        if field in _JSON_COLUMNS:
+            value = json.dumps(value, ensure_ascii=False)
+        elif field in _BOOL_COLUMNS:
+            value = int(value)
+        elif field in _MONEY_FIELDS:
+            value = _check_money(field, value)
+        row[renames.get(field, field)] = value
+    return row
+
+
+def _decode(row: sqlite3.Row, renames: dict[str, str] | None = None) -> dict[str, Any]:
+    back = {column: field for field, column in (renames or {}).items()}
+    data: dict[str, Any] = {}
+    for column in row.keys():
+        value = row[column]
+        if column in _JSON_COLUMNS:
+            value = json.loads(value)
+        elif column in _BOOL_COLUMNS:
+            value = bool(value)
+        data[back.get(column, column)] = value
+    return data
+
+
+def _check_money(field: str, value: str) -> str:
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        raise StoreError(f"{field}={value!r} is not a decimal amount; pass money as a string like '0.000123'")
+    return value
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    columns = ", ".join(row)
+    placeholders = ", ".join(f":{column}" for column in row)
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+
+
+class OutcomeStore:
+    """Requests and their attempts in one SQLite file (WAL, foreign keys on).
+
+    One connection guarded by a lock, so an instance can be shared by the
+    worker threads LangGraph runs nodes in; separate instances (or processes)
+    on the same file coordinate through SQLite's locks and the busy timeout.
+    ``read_only=True`` never creates or migrates the file.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, timeout_s: float = 30.0) -> None:
+        self.path = Path(path).expanduser()
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path.is_dir():
+            raise StoreError(f"outcome store path {self.path} is a directory; point the store at a file inside it")
+        if read_only and not self.path.is_file():
+            raise StoreError(f"no outcome store at {self.path}; check the path, or record some requests first")
+        try:
+            if read_only:
+                target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                target, uri = str(self.path), False
+            conn = sqlite3.connect(
+                target, uri=uri, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open outcome store {self.path}: {exc}; check the path and its permissions"
+            ) from exc
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            if read_only:
+                self._check_schema()
+            else:
+                conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(
+                f"{self.path} is not a usable SQLite outcome store ({exc}); "
+                "move the file away or configure another store path"
+            ) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> OutcomeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"outcome store {self.path} is closed; open it again")
+        return self._conn
+
+    # -- schema ------------------------------------------------------------
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this file, in the order applied."""
+        with self._lock:
+            rows = self._db().execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()
+        return [row["name"] for row in rows]
+
+    def _migrate(self) -> None:
+        conn = self._db()
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")}
+        for name, sql in MIGRATIONS:
+            if name in applied:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have applied it while we waited for the lock.
+                if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone() is None:
+                    for statement in _split_statements(sql):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, utc_now()))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"migration {name} failed on {self.path}: {exc}; the file was left unchanged") from exc
+
+    def _check_schema(self) -> None:
+        conn = self._db()
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+        ).fetchone()
+        applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
+        missing = [name for name, _ in MIGRATIONS if name not in applied]
+        if missing:
+            raise StoreError(
+                f"outcome store {self.path} lacks migrations {missing}; "
+                "open it once for writing (e.g. run a request) to bring its schema up to date"
+            )
+
+    # -- writing -----------------------------------------------------------
+
+    def record(self, request: RequestRecord, attempts: Sequence[AttemptRecord]) -> None:
+        """Write a request and all its attempts in one transaction: all rows or none."""
+        rid = request.request_id
+        strays = sorted({a.request_id for a in attempts if a.request_id != rid})
+        if strays:
+            raise StoreError(f"attempts for request {rid!r} carry other request_ids {strays}; nothing was written")
+        request_row = _encode(request)
+        attempt_rows = [_encode(a, _ATTEMPT_RENAMES) for a in attempts]
+        with self._lock:
+            conn = self._db()
+            if self.read_only:
+                raise StoreError(f"outcome store {self.path} was opened read-only; open it without read_only to record")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (rid,)).fetchone():
+                    raise StoreError(f"request {rid!r} is already recorded in {self.path}; request ids must be unique")
+                conn.execute(_insert_sql("requests", request_row), request_row)
+                for row in attempt_rows:
+                    conn.execute(_insert_sql("attempts", row), row)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(
+                        f"could not record request {rid!r} in {self.path}: {exc}; nothing was written"
+                    ) from exc
+                raise
+
+    # -- reading -----------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not read outcome store {self.path}: {exc}") from exc
+
+    def count_requests(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM requests")[0]["n"])
+
+    def get_request(self, request_id: str) -> RequestRecord | None:
+        rows = self._query("SELECT * FROM requests WHERE request_id = ?", (request_id,))
+        return RequestRecord.model_validate(_decode(rows[0])) if rows else None
+
+    def recent_requests(self, limit: int = 20) -> list[RequestRecord]:
+        """The ``limit`` newest requests (by ``started_at``), newest first."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        rows = self._query("SELECT * FROM requests ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
+        return [RequestRecord.model_validate(_decode(row)) for row in rows]
+
+    def attempts_for(self, request_id: str) -> list[AttemptRecord]:
+        rows = self._query("SELECT * FROM attempts WHERE request_id = ? ORDER BY attempt_index", (request_id,))
+        return [AttemptRecord.model_validate(_decode(row, _ATTEMPT_RENAMES)) for row in rows]
+
+    def iter_attempts(self, batch_size: int = 500) -> Iterator[tuple[RequestRecord, AttemptRecord]]:
+        """Every attempt with its request: requests in the order recorded, attempts in index order.
+
+        Reads in batches of requests, so the lock is never held while the caller works.
+        """
+        last_rowid = 0
+        while True:
+            requests = self._query(
+                "SELECT rowid AS _rowid, * FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last_rowid, batch_size),
+            )
+            if not requests:
+                return
+            first, last_rowid = requests[0]["_rowid"], requests[-1]["_rowid"]
+            by_request: dict[str, list[AttemptRecord]] = {}
+            for row in self._query(
+                "SELECT a.* FROM attempts a JOIN requests r ON r.request_id = a.request_id "
+                "WHERE r.rowid BETWEEN ? AND ? ORDER BY a.request_id, a.attempt_index",
+                (first, last_rowid),
+            ):
+                attempt = AttemptRecord.model_validate(_decode(row, _ATTEMPT_RENAMES))
+                by_request.setdefault(attempt.request_id, []).append(attempt)
+            for row in requests:
+                data = _decode(row)
+                del data["_rowid"]
+                request = RequestRecord.model_validate(data)
+                for attempt in by_request.get(request.request_id, []):
+                    yield request, attempt
+
+
+def open_store(path: str | Path, *, read_only: bool = False) -> OutcomeStore:
+    """Open (creating and migrating unless ``read_only``) the outcome store at ``path``."""
+    return OutcomeStore(path, read_only=read_only)

@@ -1,0 +1,59 @@
+"""Graph builders.
+
+:func:`build_reasoning_graph` compiles the cost-aware reasoning graph::
+
+    question ─▶ classify ─▶ solve ─▶ assess ─┬─▶ finalize ─▶ log ─▶ result
+                              ▲              │
+                              └── escalate ◀─┘  (next arm, if ladder and budget allow)
+
+Use it as any compiled LangGraph graph — ``invoke``/``stream``, or as a node
+inside your own graph::
+
+    from effreason_agents.graph import build_reasoning_graph
+    graph = build_reasoning_graph()               # built-in default config
+    out = graph.invoke({"question": "What is 2 + 3?"})
+    out["result"]["answer"], out["result"]["total_cost_usd"]
+
+Per-run settings go through ``context=`` (see :class:`~effreason_agents.state.ReasoningContext`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from .config import Config, load_config
+from .nodes import ReasoningNodes, Services
+from .state import ReasoningContext, ReasoningInput, ReasoningState
+
+
+def build_reasoning_graph(config: Config | None = None, *, services: Services | None = None, checkpointer: Any = None) -> Any:
+    """Compile the reasoning graph for ``config`` (default: :func:`load_config`)."""
+    if services is None:
+        services = Services(config or load_config())
+    nodes = ReasoningNodes(services)
+    g = StateGraph(ReasoningState, context_schema=ReasoningContext, input_schema=ReasoningInput)
+    g.add_node("classify", nodes.classify)
+    g.add_node("solve", nodes.solve)
+    g.add_node("assess", nodes.assess)
+    g.add_node("escalate", nodes.escalate)
+    g.add_node("finalize", nodes.finalize)
+    g.add_node("log", nodes.log)
+    g.add_edge(START, "classify")
+    g.add_conditional_edges("classify", nodes.after_classify, ["solve", "finalize"])
+    g.add_edge("solve", "assess")
+    g.add_conditional_edges("assess", nodes.after_assess, ["escalate", "finalize"])
+    g.add_conditional_edges("escalate", nodes.after_escalate, ["solve", "finalize"])
+    g.add_edge("finalize", "log")
+    g.add_edge("log", END)
+    compiled = g.compile(checkpointer=checkpointer, name="effreason-reasoner")
+    compiled.services = services  # type: ignore[attr-defined]
+    return compiled
+
+
+def ask(question: str, config: Config | None = None, *, context: ReasoningContext | None = None, graph: Any = None) -> dict[str, Any]:
+    """Run one question through the reasoning graph and return its ``result`` dict."""
+    graph = graph or build_reasoning_graph(config)
+    out = graph.invoke({"question": question}, context=context or ReasoningContext())
+    return out["result"]

@@ -1,0 +1,336 @@
+"""The reasoning graph's nodes: classify, solve, assess, escalate, finalize, log.
+
+Each node is a plain function of ``(state, runtime)`` returning a state update;
+the decisions they apply live in :mod:`~effreason_agents.routing`,
+:mod:`~effreason_agents.budget`, :mod:`~effreason_agents.classifier` and
+:mod:`~effreason_agents.uncertainty`. :class:`Services` holds what the nodes
+share: the configuration, one client per tier and the outcome store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Mapping
+
+from langgraph.runtime import Runtime
+
+from . import __version__
+from .budget import Spend, effective_budget, worst_case_cost
+from .classifier import classify_difficulty
+from .config import Config
+from .errors import ConfigError, InvalidQuestionError, StoreError, TierError
+from .outcomes import AttemptRecord, OutcomeStore, RequestRecord, utc_now
+from .routing import TIER_DOWN_KINDS, escalation_decision, final_choice, pick_arm, start_rung
+from .state import ReasoningContext, ReasoningState
+from .strategies import build_prompt, parse_answer
+from .tiers import TierClient, clients_for, format_usd
+from .uncertainty import compute_signals, heuristic_confidence
+
+log = logging.getLogger(__name__)
+
+GRAPH_VERSION = f"reasoner/{__version__}"
+MAX_QUESTION_CHARS = 100_000
+PROMPT_OVERHEAD_TOKENS = 96  # system prompt + chat template, all strategies
+
+
+@dataclass
+class Services:
+    """What the nodes share. Build one per configuration; it is safe to share across threads."""
+
+    config: Config
+    environ: Mapping[str, str] | None = None
+    clients: dict[str, TierClient] = field(default_factory=dict)
+    _store: OutcomeStore | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            self.clients = clients_for(self.config, self.environ)
+
+    @property
+    def store(self) -> OutcomeStore:
+        with self._lock:
+            if self._store is None:
+                self._store = OutcomeStore(self.config.store.resolved_path())
+            return self._store
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def _ctx(runtime: Runtime[ReasoningContext] | None) -> ReasoningContext:
+    ctx = getattr(runtime, "context", None)
+    if ctx is None:
+        return ReasoningContext()
+    if isinstance(ctx, Mapping):
+        return ReasoningContext(**ctx)
+    return ctx
+
+
+def validate_question(question: Any) -> str:
+    """The question stripped, or :class:`InvalidQuestionError` before any model is called."""
+    if not isinstance(question, str):
+        raise InvalidQuestionError(f"the question must be a string, got {type(question).__name__}")
+    q = question.strip()
+    if not q:
+        raise InvalidQuestionError("the question is empty: ask something")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise InvalidQuestionError(f"the question is {len(q)} characters; the limit is {MAX_QUESTION_CHARS}")
+    return q
+
+
+def _spent(attempts: list[dict[str, Any]]) -> Spend:
+    s = Spend()
+    for a in attempts:
+        s = s.add(a["input_tokens"], a["output_tokens"], a["cost_usd"])
+    return s
+
+
+class ReasoningNodes:
+    """The node functions, bound to :class:`Services`."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+
+    def _threshold(self, runtime: Runtime[ReasoningContext] | None) -> float:
+        t = _ctx(runtime).confidence_threshold
+        return self.config.escalation.confidence_threshold if t is None else float(t)
+
+    def _budget(self, runtime: Runtime[ReasoningContext] | None):  # noqa: ANN202
+        return effective_budget(self.config.budget, _ctx(runtime).max_cost_usd)
+
+    # -- classify ---------------------------------------------------------------------
+    def plan_arms(self, question: str) -> list[dict[str, Any]]:
+        """The usable ladder for ``question``: enabled tiers whose context fits it."""
+        ladder = self.config.usable_ladder(self.services.environ)
+        if not ladder:
+            raise ConfigError("no enabled tier on the escalation ladder: enable a tier or set its API key")
+        counts: dict[str, int] = {}
+        arms: list[dict[str, Any]] = []
+        largest = 0
+        for arm in ladder:
+            tier = self.config.tiers[arm.tier]
+            client = self.services.clients[arm.tier]
+            if arm.tier not in counts:
+                counts[arm.tier] = client.count_tokens(question) + PROMPT_OVERHEAD_TOKENS
+            prompt_tokens = counts[arm.tier]
+            max_tokens = self.config.arm_max_tokens(arm)
+            largest = max(largest, tier.context_window)
+            if prompt_tokens + max_tokens > tier.context_window:
+                continue
+            arms.append(
+                {
+                    "name": arm.name,
+                    "tier": arm.tier,
+                    "model": tier.model,
+                    "engine": tier.engine,
+                    "strategy": arm.strategy,
+                    "max_tokens": max_tokens,
+                    "prompt_tokens": prompt_tokens,
+                    "worst_case_cost_usd": format_usd(worst_case_cost(tier, prompt_tokens, max_tokens)),
+                }
+            )
+        if not arms:
+            q_tokens = min(counts.values()) - PROMPT_OVERHEAD_TOKENS
+            raise InvalidQuestionError(
+                f"the question is too long: about {q_tokens} tokens, and no enabled tier's context "
+                f"(largest: {largest} tokens) holds it with its prompt and answer; shorten it"
+            )
+        return arms
+
+    def classify(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        question = validate_question(state.get("question"))
+        difficulty, features = classify_difficulty(question)
+        arms = self.plan_arms(question)
+        start = start_rung(difficulty, self.config.escalation.start_rung, len(arms))
+        rung, skipped = pick_arm(arms, start, self._budget(runtime), Spend())
+        return {
+            "question": question,
+            "request_id": state.get("request_id") or uuid.uuid4().hex,
+            "started_at": utc_now(),
+            "difficulty": difficulty,
+            "features": features,
+            "arms": arms,
+            "rung": rung,
+            "skipped": skipped,
+            "attempts": [],
+            "down_tiers": [],
+            "decision": "solve" if rung is not None else "stop",
+            "decision_reason": f"{difficulty} question: start at {arms[rung]['name']}"
+            if rung is not None
+            else "budget exhausted: no arm fits the request budget",
+        }
+
+    # -- solve ------------------------------------------------------------------------
+    def solve(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        arms, rung = state["arms"], state["rung"]
+        assert rung is not None
+        arm = arms[rung]
+        attempts = list(state.get("attempts") or [])
+        tier = self.config.tiers[arm["tier"]]
+        strategy = self.config.strategies[arm["strategy"]]
+        prompt = build_prompt(strategy, state["question"], tier.capabilities)
+        attempt: dict[str, Any] = AttemptRecord(
+            attempt_id=uuid.uuid4().hex,
+            request_id=state["request_id"],
+            index=len(attempts),
+            arm=arm["name"],
+            tier=arm["tier"],
+            model=tier.model,
+            engine=tier.engine,
+            strategy=arm["strategy"],
+            max_tokens=arm["max_tokens"],
+        ).model_dump()
+        try:
+            c = self.services.clients[arm["tier"]].complete(
+                prompt.messages,
+                max_tokens=arm["max_tokens"],
+                temperature=strategy.temperature,
+                stop=prompt.stop,
+            )
+        except TierError as exc:
+            attempt.update(error=str(exc), signals={"error_kind": None}, confidence_method=f"error: {exc.kind}")
+            attempt["error_kind"] = exc.kind
+            return {"attempts": attempts + [attempt]}
+        parsed = parse_answer(c.text)
+        signals = compute_signals(c.logprobs, len(c.prefill), parsed.span, c.finish_reason)
+        attempt.update(
+            model=c.model,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+            cost_usd=format_usd(c.cost_usd),
+            latency_s=round(c.latency_s, 4),
+            finish_reason=c.finish_reason,
+            signals=signals,
+            answer=parsed.answer,
+            answer_method=parsed.method,
+            raw_text=c.text,
+        )
+        return {"attempts": attempts + [attempt]}
+
+    # -- assess -----------------------------------------------------------------------
+    def assess(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        attempts = list(state["attempts"])
+        last = dict(attempts[-1])
+        if not last.get("error"):
+            conf, method = heuristic_confidence(
+                last["signals"], has_answer=last.get("answer") is not None, answer_method=last.get("answer_method", "")
+            )
+            last["confidence"] = None if conf is None else round(conf, 6)
+            last["confidence_method"] = method
+        attempts[-1] = last
+        escalate, why = escalation_decision(last, self._threshold(runtime))
+        return {"attempts": attempts, "decision": "escalate" if escalate else "accept", "decision_reason": why}
+
+    # -- escalate ---------------------------------------------------------------------
+    def escalate(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        attempts = state["attempts"]
+        down = set(state.get("down_tiers") or [])
+        last = attempts[-1]
+        if last.get("error") and last.get("error_kind") in TIER_DOWN_KINDS:
+            down.add(last["tier"])
+        current = state["rung"] or 0
+        rung, skipped = pick_arm(
+            state["arms"], current + 1, self._budget(runtime), _spent(attempts), down, allow_below=False
+        )
+        out: dict[str, Any] = {"down_tiers": sorted(down), "skipped": list(state.get("skipped") or []) + skipped}
+        if rung is None:
+            over_budget = any("over budget" in s for s in skipped)
+            out.update(
+                rung=current,
+                decision="stop",
+                decision_reason=(
+                    "budget exhausted: the next arm does not fit the request budget"
+                    if over_budget
+                    else "the escalation ladder is exhausted"
+                ),
+            )
+        else:
+            out.update(rung=rung, decision="solve", decision_reason=f"escalating to {state['arms'][rung]['name']}")
+        return out
+
+    # -- finalize ---------------------------------------------------------------------
+    def finalize(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        attempts = state.get("attempts") or []
+        idx, status = final_choice(attempts, self._threshold(runtime))
+        if status != "answered" and "budget exhausted" in state.get("decision_reason", ""):
+            status = "budget_exhausted"
+        spent = _spent(attempts)
+        final = attempts[idx] if idx is not None else None
+        result = {
+            "request_id": state["request_id"],
+            "answer": final["answer"] if final else None,
+            "status": status,
+            "final_attempt": idx,
+            "final_tier": final["tier"] if final else None,
+            "confidence": final.get("confidence") if final else None,
+            "difficulty": state.get("difficulty"),
+            "escalated": len(attempts) > 1,
+            "arms_tried": [a["arm"] for a in attempts],
+            "total_input_tokens": spent.input_tokens,
+            "total_output_tokens": spent.output_tokens,
+            "total_cost_usd": format_usd(spent.cost_usd),
+            "reason": state.get("decision_reason"),
+            "skipped": state.get("skipped") or [],
+            "attempts": attempts,
+        }
+        return {"result": result}
+
+    # -- log --------------------------------------------------------------------------
+    def log(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+        ctx = _ctx(runtime)
+        if not ctx.log:
+            return {"logged": False}
+        result = state["result"]
+        fields = set(AttemptRecord.model_fields)
+        attempts = [AttemptRecord(**{k: v for k, v in a.items() if k in fields}) for a in state.get("attempts") or []]
+        request = RequestRecord(
+            request_id=state["request_id"],
+            question=state["question"],
+            final_answer=result["answer"],
+            final_attempt_index=result["final_attempt"],
+            status=result["status"],
+            difficulty=state.get("difficulty"),
+            arms_tried=result["arms_tried"],
+            escalated=result["escalated"],
+            total_input_tokens=result["total_input_tokens"],
+            total_output_tokens=result["total_output_tokens"],
+            total_cost_usd=result["total_cost_usd"],
+            graph_version=GRAPH_VERSION,
+            config_version=self.config.version(),
+            thread_id=ctx.thread_id,
+            user_id=ctx.user_id,
+            started_at=state["started_at"],
+            extra={"features": state.get("features") or {}, "skipped": result["skipped"]},
+        )
+        try:
+            self.services.store.record(request, attempts)
+        except StoreError as exc:
+            log.error("outcome not logged: %s", exc)
+            return {"logged": False}
+        return {"logged": True}
+
+    # -- edges ------------------------------------------------------------------------
+    @staticmethod
+    def after_classify(state: ReasoningState) -> str:
+        return "solve" if state.get("rung") is not None else "finalize"
+
+    @staticmethod
+    def after_assess(state: ReasoningState) -> str:
+        return "escalate" if state.get("decision") == "escalate" else "finalize"
+
+    @staticmethod
+    def after_escalate(state: ReasoningState) -> str:
+        return "solve" if state.get("decision") == "solve" else "finalize"
+
+
+def total_cost(attempts: list[dict[str, Any]]) -> Decimal:
+    return _spent(attempts).cost_usd

@@ -1,0 +1,92 @@
+"""Pure routing decisions: where on the ladder to start, whether to escalate, what next.
+
+These functions see only plain data (the planned arms, what was spent, the
+attempts so far), so they are unit-tested without any model.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+from .budget import Spend, fits
+from .config import BudgetConfig, Difficulty
+
+# Errors after which the tier is skipped for the rest of the request.
+TIER_DOWN_KINDS = frozenset({"unreachable", "timeout", "no_key", "auth", "rate_limited", "server_error"})
+
+
+def start_rung(difficulty: Difficulty, start: Mapping[str, int], n_arms: int) -> int:
+    """The ladder position the classifier picks for ``difficulty``, clipped to the ladder."""
+    if n_arms <= 0:
+        raise ValueError("the ladder is empty")
+    return max(0, min(int(start.get(difficulty, 0)), n_arms - 1))
+
+
+def arm_fits(arm: Mapping[str, Any], budget: BudgetConfig, spent: Spend) -> str | None:
+    """``None`` when the planned arm's worst case fits the budget, otherwise why not."""
+    return fits(budget, spent, int(arm["prompt_tokens"]), int(arm["max_tokens"]), Decimal(arm["worst_case_cost_usd"]))
+
+
+def pick_arm(
+    arms: Sequence[Mapping[str, Any]],
+    start: int,
+    budget: BudgetConfig,
+    spent: Spend,
+    down_tiers: frozenset[str] | set[str] = frozenset(),
+    *,
+    allow_below: bool = True,
+) -> tuple[int | None, list[str]]:
+    """The first arm at or above ``start`` that is not on a failed tier and fits the budget;
+    failing that (when ``allow_below``), the nearest such arm below ``start``.
+    Returns its index (or ``None``) and why each skipped arm was skipped."""
+    skipped: list[str] = []
+    order = list(range(start, len(arms)))
+    if allow_below:
+        order += list(range(start - 1, -1, -1))
+    for i in order:
+        arm = arms[i]
+        if arm["tier"] in down_tiers:
+            skipped.append(f"{arm['name']}: tier {arm['tier']!r} failed earlier in this request")
+            continue
+        why = arm_fits(arm, budget, spent)
+        if why is not None:
+            skipped.append(f"{arm['name']}: over budget ({why})")
+            continue
+        return i, skipped
+    return None, skipped
+
+
+def escalation_decision(attempt: Mapping[str, Any], threshold: float) -> tuple[bool, str]:
+    """Whether to try a stronger arm after ``attempt``, and why."""
+    if attempt.get("error"):
+        return True, f"tier error: {attempt['error']}"
+    if attempt.get("answer") is None:
+        return True, "no answer could be parsed"
+    conf = attempt.get("confidence")
+    if conf is None:
+        return False, "accepted: the tier returns no logprobs, so no confidence to act on"
+    if conf < threshold:
+        return True, f"confidence {conf:.2f} below threshold {threshold:.2f}"
+    return False, f"confidence {conf:.2f} meets threshold {threshold:.2f}"
+
+
+def final_choice(attempts: Sequence[Mapping[str, Any]], threshold: float) -> tuple[int | None, str]:
+    """Which attempt's answer the request returns, and the request status.
+
+    The last attempt that meets the threshold (or has no confidence signal) is
+    ``answered``; otherwise the most confident attempt with an answer (later
+    arms win ties) is returned as ``low_confidence``; with no answer at all the
+    status is ``failed``.
+    """
+    for i in range(len(attempts) - 1, -1, -1):
+        esc, _ = escalation_decision(attempts[i], threshold)
+        if not esc:
+            return i, "answered"
+    best: int | None = None
+    for i, a in enumerate(attempts):
+        if a.get("error") or a.get("answer") is None:
+            continue
+        if best is None or (a.get("confidence") or 0.0) >= (attempts[best].get("confidence") or 0.0):
+            best = i
+    return (best, "low_confidence") if best is not None else (None, "failed")

@@ -1,0 +1,245 @@
+"""Tiers: one client path for every engine.
+
+Every tier — the embedded llama.cpp server, a vLLM fleet, OpenAI, any
+OpenAI-compatible endpoint — is spoken to with the OpenAI chat-completions
+protocol through ``langchain-openai``'s :class:`ChatOpenAI`, so LangChain
+callbacks and tracing see every call. A call returns a :class:`Completion`:
+answer text, usage, finish reason, per-token logprobs with top alternatives
+(when the tier supports them), latency and the exact cost.
+
+Failures (no key, unreachable, 429/5xx, timeouts) are retried with backoff by
+the OpenAI client (``max_retries`` per tier) and then raised as
+:class:`~effreason_agents.errors.TierError`, which the graph records on the
+attempt row before moving down the ladder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+from .config import Config, TierConfig
+from .errors import TierError
+
+ONE_MILLION = Decimal(1_000_000)
+
+
+def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int) -> Decimal:
+    """Exact cost of a call from its usage and the tier's prices per 1M tokens."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError("token counts cannot be negative")
+    return (Decimal(input_tokens) * tier.price_input_per_1m + Decimal(output_tokens) * tier.price_output_per_1m) / ONE_MILLION
+
+
+def format_usd(amount: Decimal | str) -> str:
+    """A decimal amount of dollars as a plain string, without exponent notation."""
+    d = Decimal(amount)
+    if d == 0:
+        return "0"
+    return format(d.normalize(), "f")
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token, its logprob and the top alternatives the endpoint returned."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "logprob": self.logprob, "top": [list(t) for t in self.top]}
+
+
+@dataclass
+class Completion:
+    """What one chat-completions call returned."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str | None
+    latency_s: float
+    model: str
+    cost_usd: Decimal
+    logprobs: list[TokenLogprob] | None = None
+    prefill: str = ""
+
+    @property
+    def generated_text(self) -> str:
+        """The text the model generated, without a prefilled assistant prefix."""
+        if self.prefill and self.text.startswith(self.prefill):
+            return self.text[len(self.prefill) :]
+        return self.text
+
+
+def _parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
+    if not raw or not raw.get("content"):
+        return None
+    out: list[TokenLogprob] = []
+    for item in raw["content"]:
+        lp = item.get("logprob")
+        if lp is None:
+            continue
+        top = [(t.get("token", ""), float(t["logprob"])) for t in item.get("top_logprobs") or [] if t.get("logprob") is not None]
+        out.append(TokenLogprob(token=item.get("token", ""), logprob=float(lp), top=top))
+    return out or None
+
+
+def _error_kind(exc: BaseException) -> tuple[str, str]:
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", "timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unreachable", f"cannot connect ({exc.__cause__ or exc})"
+    if isinstance(exc, openai.AuthenticationError):
+        return "auth", "the API key was refused (401)"
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited", "rate-limited (429)"
+    if isinstance(exc, openai.APIStatusError):
+        kind = "server_error" if exc.status_code >= 500 else "bad_request"
+        return kind, f"HTTP {exc.status_code}: {exc.message}"
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+class TierClient:
+    """Calls one tier. ``base_url`` may be resolved lazily (the embedded server starts on first use)."""
+
+    def __init__(self, name: str, tier: TierConfig, config: Config | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.tier = tier
+        self._config = config
+        self._environ = environ
+
+    # -- endpoint -----------------------------------------------------------------
+    def base_url(self) -> str:
+        if self.tier.engine == "embedded":
+            from .config import EmbeddedConfig
+            from .embedded import get_embedded_server
+
+            settings = self._config.embedded if self._config else EmbeddedConfig()
+            return get_embedded_server(settings).base_url
+        if self.tier.base_url:
+            return self.tier.base_url
+        from .config import OPENAI_DEFAULT_BASE_URL
+
+        return OPENAI_DEFAULT_BASE_URL
+
+    def api_key(self) -> str:
+        env = os.environ if self._environ is None else self._environ
+        if self.tier.api_key_env:
+            key = env.get(self.tier.api_key_env)
+            if key:
+                return key
+            if self.tier.engine == "openai":
+                raise TierError(self.name, f"no API key: set {self.tier.api_key_env}", kind="no_key")
+        if self.tier.engine == "openai" and not self.tier.api_key_env:
+            raise TierError(self.name, "no API key: set api_key_env for this tier", kind="no_key")
+        return "not-needed"
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as this tier counts them (the embedded server's own tokenizer,
+        otherwise the o200k BPE as an estimate)."""
+        if self.tier.engine == "embedded":
+            from .embedded import get_embedded_server
+
+            settings = self._config.embedded if self._config else None
+            if settings is not None:
+                return get_embedded_server(settings).count_tokens(text)
+        return estimate_tokens(text)
+
+    # -- calls --------------------------------------------------------------------
+    def chat_model(self, *, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] | None = None, want_logprobs: bool = True) -> Any:
+        """The :class:`ChatOpenAI` configured for this tier and call."""
+        from langchain_openai import ChatOpenAI
+
+        caps = self.tier.capabilities
+        kwargs: dict[str, Any] = {
+            "model": self.tier.model,
+            "base_url": self.base_url(),
+            "api_key": self.api_key(),
+            "timeout": self.tier.timeout_s,
+            "max_retries": self.tier.max_retries,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if stop:
+            kwargs["stop"] = list(stop)
+        if want_logprobs and caps.logprobs:
+            kwargs["logprobs"] = True
+            if caps.top_logprobs:
+                kwargs["top_logprobs"] = caps.top_logprobs
+        if self.tier.engine == "vllm" and self.tier.extra_body:
+            kwargs["extra_body"] = dict(self.tier.extra_body)
+        return ChatOpenAI(**kwargs)
+
+    def complete(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        want_logprobs: bool = True,
+        config: RunnableConfig | None = None,
+    ) -> Completion:
+        """One chat completion. A trailing :class:`AIMessage` is an assistant prefill, sent
+        only to tiers that declare ``assistant_prefill`` (others get it dropped)."""
+        msgs = list(messages)
+        prefill = ""
+        if msgs and isinstance(msgs[-1], AIMessage):
+            if self.tier.capabilities.assistant_prefill:
+                prefill = str(msgs[-1].content)
+            else:
+                msgs = msgs[:-1]
+        start = time.perf_counter()
+        try:
+            llm = self.chat_model(max_tokens=max_tokens, temperature=temperature, stop=stop, want_logprobs=want_logprobs)
+            msg = llm.invoke(msgs, config=config)
+        except TierError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
+            kind, why = _error_kind(exc)
+            raise TierError(self.name, f"{why} after {self.tier.max_retries} retries", kind=kind) from exc
+        latency = time.perf_counter() - start
+        meta = msg.response_metadata or {}
+        usage = msg.usage_metadata or {}
+        text = msg.content if isinstance(msg.content, str) else str(msg.content)
+        if prefill and not text.startswith(prefill):
+            text = prefill + text  # engines that do not echo the prefill
+        in_tok = int(usage.get("input_tokens", 0))
+        out_tok = int(usage.get("output_tokens", 0))
+        return Completion(
+            text=text,
+            input_tokens=in_tok,
+            output_tokens=out_tok,
+            finish_reason=meta.get("finish_reason"),
+            latency_s=latency,
+            model=str(meta.get("model_name") or self.tier.model),
+            cost_usd=cost_usd(self.tier, in_tok, out_tok),
+            logprobs=_parse_logprobs(meta.get("logprobs")),
+            prefill=prefill,
+        )
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count with OpenAI's o200k BPE (``bpe-openai``); a bytes/3 bound if it is missing."""
+    try:
+        from bpe_openai import get_encoding
+
+        return len(get_encoding("o200k_base").encode(text))
+    except Exception:  # noqa: BLE001 - the estimate must never fail a request
+        return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+def clients_for(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, TierClient]:
+    """A client for each enabled tier."""
+    return {n: TierClient(n, t, config, environ) for n, t in config.enabled_tiers(environ).items()}
