@@ -238,8 +238,13 @@ class ReasoningNodes:
         if last.get("error") and last.get("error_kind") in TIER_DOWN_KINDS:
             down.add(last["tier"])
         current = state["rung"] or 0
+        # Escalate upwards; while nothing has answered yet (tiers failing), also fall back
+        # to untried arms below, so the request still answers from what works.
+        answered = any(not a.get("error") and a.get("answer") is not None for a in attempts)
+        tried = {i for i, arm in enumerate(state["arms"]) if any(a["arm"] == arm["name"] for a in attempts)}
         rung, skipped = pick_arm(
-            state["arms"], current + 1, self._budget(runtime), _spent(attempts), down, allow_below=False
+            state["arms"], current + 1, self._budget(runtime), _spent(attempts), down,
+            allow_below=not answered, exclude=tried,
         )
         out: dict[str, Any] = {"down_tiers": sorted(down), "skipped": list(state.get("skipped") or []) + skipped}
         if rung is None:

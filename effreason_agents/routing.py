@@ -36,15 +36,19 @@ def pick_arm(
     down_tiers: frozenset[str] | set[str] = frozenset(),
     *,
     allow_below: bool = True,
+    exclude: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[int | None, list[str]]:
-    """The first arm at or above ``start`` that is not on a failed tier and fits the budget;
-    failing that (when ``allow_below``), the nearest such arm below ``start``.
-    Returns its index (or ``None``) and why each skipped arm was skipped."""
+    """The first arm at or above ``start`` that is not on a failed tier, not in ``exclude``
+    (arms already tried) and fits the budget; failing that (when ``allow_below``), the
+    nearest such arm below ``start``. Returns its index (or ``None``) and why each
+    skipped arm was skipped."""
     skipped: list[str] = []
     order = list(range(start, len(arms)))
     if allow_below:
-        order += list(range(start - 1, -1, -1))
+        order += list(range(min(start, len(arms)) - 1, -1, -1))
     for i in order:
+        if i in exclude:
+            continue
         arm = arms[i]
         if arm["tier"] in down_tiers:
             skipped.append(f"{arm['name']}: tier {arm['tier']!r} failed earlier in this request")
