@@ -9,7 +9,7 @@ can never spend past its limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from .config import BudgetConfig, TierConfig
 from .errors import ConfigError
@@ -41,8 +41,11 @@ def effective_budget(base: BudgetConfig, max_cost_usd: Decimal | str | float | N
     """The request budget with a per-run dollar limit applied (the smaller limit wins)."""
     if max_cost_usd is None:
         return base
-    limit = Decimal(str(max_cost_usd))
-    if limit <= 0:
+    try:
+        limit = Decimal(str(max_cost_usd))
+    except InvalidOperation:
+        raise ConfigError(f"max_cost_usd must be a number of dollars, got {max_cost_usd!r}") from None
+    if not limit.is_finite() or limit <= 0:
         raise ConfigError(f"max_cost_usd must be > 0, got {max_cost_usd}")
     current = base.max_cost_usd
     return base.model_copy(update={"max_cost_usd": limit if current is None else min(limit, current)})

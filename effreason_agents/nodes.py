@@ -66,11 +66,25 @@ class Services:
 
 
 def _ctx(runtime: Runtime[ReasoningContext] | None) -> ReasoningContext:
+    """The run's context, validated (a :class:`ConfigError` before any model call)."""
     ctx = getattr(runtime, "context", None)
     if ctx is None:
         return ReasoningContext()
     if isinstance(ctx, Mapping):
-        return ReasoningContext(**ctx)
+        known = set(ReasoningContext.__dataclass_fields__)
+        unknown = sorted(set(ctx) - known)
+        if unknown:
+            raise ConfigError(f"unknown context keys {unknown}; known: {sorted(known)}")
+        ctx = ReasoningContext(**ctx)
+    t = ctx.confidence_threshold
+    if t is not None:
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"confidence_threshold must be a number in [0, 1], got {t!r}") from None
+        if not 0.0 <= t <= 1.0:
+            raise ConfigError(f"confidence_threshold must be in [0, 1], got {t}")
+        ctx.confidence_threshold = t
     return ctx
 
 
@@ -148,10 +162,12 @@ class ReasoningNodes:
 
     def classify(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
         question = validate_question(state.get("question"))
+        budget = self._budget(runtime)  # validates the run's context before any model call
+        self._threshold(runtime)
         difficulty, features = classify_difficulty(question)
         arms = self.plan_arms(question)
         start = start_rung(difficulty, self.config.escalation.start_rung, len(arms))
-        rung, skipped = pick_arm(arms, start, self._budget(runtime), Spend())
+        rung, skipped = pick_arm(arms, start, budget, Spend())
         return {
             "question": question,
             "request_id": state.get("request_id") or uuid.uuid4().hex,

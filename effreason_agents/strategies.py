@@ -111,6 +111,10 @@ def _canonical_number(s: str) -> str:
     s = s.replace(",", "")
     if "." in s:
         s = s.rstrip("0").rstrip(".") or "0"
+    if s.startswith("-."):
+        s = "-0" + s[1:]
+    elif s.startswith("."):
+        s = "0" + s
     if s in ("-0", ""):
         s = "0"
     return s
@@ -150,5 +154,5 @@ def parse_answer(text: str) -> ParsedAnswer:
     if nums:
         last = nums[-1]
         return ParsedAnswer(_canonical_number(last.group()), (last.start(), last.end()), "last-number")
-    found = _after(text, 0, "text")
+    found = _after(text, 0, "text") if text.replace(SEPARATOR, "").strip() else None
     return found if found is not None else ParsedAnswer(None, None, "none")

@@ -1,0 +1,505 @@
+"""The reasoning graph end to end, with scripted LangChain chat models in place of the tiers.
+
+Each tier's client is a :class:`FakeTierClient`: the real ``TierClient.complete`` (prefill
+handling, usage, cost, logprob parsing, error mapping) around a chat model that returns
+scripted ``AIMessage``s with OpenAI-shaped logprobs, so each test controls the confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from effreason_agents.config import Config, config_from_data
+from effreason_agents.errors import ConfigError, InvalidQuestionError
+from effreason_agents.graph import build_reasoning_graph
+from effreason_agents.nodes import Services
+from effreason_agents.outcomes import OutcomeStore
+from effreason_agents.state import ReasoningContext
+from effreason_agents.tiers import TierClient
+
+ENVIRON = {"LARGE_KEY": "sk-test"}
+EASY = "What is 2 + 3?"  # 5 words: prompt_tokens = 5 + 96 with FakeTierClient.count_tokens
+REQUEST = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+
+
+# -- scripted models --------------------------------------------------------------------
+
+
+def reply(
+    answer: str,
+    p: float,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    finish_reason: str = "stop",
+    model: str = "served",
+    prefix: str = "#### ",
+) -> AIMessage:
+    """A reply ``prefix + answer`` whose answer token has probability ``p``."""
+    tokens = [(prefix, 0.99), (answer, p)] if prefix else [(answer, p)]
+    return AIMessage(
+        content=prefix + answer,
+        usage_metadata={
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+        response_metadata={
+            "finish_reason": finish_reason,
+            "model_name": model,
+            "logprobs": {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": math.log(q),
+                        "top_logprobs": [
+                            {"token": t, "logprob": math.log(q)},
+                            {"token": "x", "logprob": math.log((1 - q) / 2)},
+                        ],
+                    }
+                    for t, q in tokens
+                ]
+            },
+        },
+    )
+
+
+def small_reply(answer: str, p: float) -> AIMessage:
+    return reply(answer, p, input_tokens=50, output_tokens=3, model="small-served")
+
+
+def large_reply(answer: str, p: float) -> AIMessage:
+    return reply(answer, p, input_tokens=100, output_tokens=20, model="large-served")
+
+
+SMALL_COST = Decimal("0.0000056")  # 50 * 0.10 + 3 * 0.20 per 1M
+LARGE_COST = Decimal("0.0002")  # 100 * 1.50 + 20 * 2.50 per 1M
+
+
+def unreachable() -> openai.APIConnectionError:
+    return openai.APIConnectionError(request=REQUEST)
+
+
+class ScriptedChat(BaseChatModel):
+    """Returns (or raises) the next item of its client's script."""
+
+    client: Any
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        self.client.calls.append(list(messages))
+        if not self.client.script:
+            raise AssertionError(f"tier {self.client.name!r} called more often than scripted")
+        item = self.client.script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return ChatResult(generations=[ChatGeneration(message=item)])
+
+
+class FakeTierClient(TierClient):
+    def __init__(self, name: str, config: Config, script: list[AIMessage | BaseException]) -> None:
+        super().__init__(name, config.tiers[name], config, ENVIRON)
+        self.script = list(script)
+        self.calls: list[list[BaseMessage]] = []
+        self.settings: list[dict[str, Any]] = []
+
+    def chat_model(self, **kwargs: Any) -> ScriptedChat:
+        self.settings.append(kwargs)
+        return ScriptedChat(client=self)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+# -- harness ----------------------------------------------------------------------------
+
+
+def make_config(
+    store: Path,
+    *,
+    ladder: tuple[str, ...] = ("small:direct", "large:cot"),
+    budget: dict[str, Any] | None = None,
+    small_tier: dict[str, Any] | None = None,
+    large_tier: dict[str, Any] | None = None,
+) -> Config:
+    common = {"engine": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+    logprobs = {"logprobs": True, "top_logprobs": 2}
+    return config_from_data(
+        {
+            "tiers": {
+                "small": {
+                    **common,
+                    "model": "small-model",
+                    "price_input_per_1m": "0.10",
+                    "price_output_per_1m": "0.20",
+                    "capabilities": logprobs,
+                    **(small_tier or {}),
+                },
+                "large": {
+                    **common,
+                    "model": "large-model",
+                    "api_key_env": "LARGE_KEY",
+                    "price_input_per_1m": "1.50",
+                    "price_output_per_1m": "2.50",
+                    "context_window": 100_000,
+                    "capabilities": logprobs,
+                    **(large_tier or {}),
+                },
+            },
+            "strategies": {
+                "direct": {"kind": "direct", "max_tokens": 24},
+                "cot": {"kind": "cot", "max_tokens": 256},
+            },
+            "ladder": list(ladder),
+            "budget": budget or {},
+            "store": {"path": str(store)},
+        },
+        source="test",
+    )
+
+
+@dataclass
+class Harness:
+    config: Config
+    small: FakeTierClient
+    large: FakeTierClient
+    services: Services
+    graph: Any
+    store_path: Path
+    _stores: list[OutcomeStore] = field(default_factory=list)
+
+    def ask(self, question: Any = EASY, context: Any = None) -> dict[str, Any]:
+        out = self.graph.invoke({"question": question}, context=context)
+        return out["result"]
+
+    def store(self) -> OutcomeStore:
+        s = OutcomeStore(self.store_path)
+        self._stores.append(s)
+        return s
+
+    def close(self) -> None:
+        self.services.close()
+        for s in self._stores:
+            s.close()
+
+
+@pytest.fixture()
+def make_graph(tmp_path: Path) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(
+        small: Sequence[AIMessage | BaseException] = (),
+        large: Sequence[AIMessage | BaseException] = (),
+        **config_kw: Any,
+    ) -> Harness:
+        store_path = tmp_path / f"outcomes{len(made)}.sqlite"
+        config = make_config(store_path, **config_kw)
+        clients = {
+            "small": FakeTierClient("small", config, list(small)),
+            "large": FakeTierClient("large", config, list(large)),
+        }
+        services = Services(config, environ=ENVIRON, clients=clients)
+        graph = build_reasoning_graph(config, services=services)
+        h = Harness(config, clients["small"], clients["large"], services, graph, store_path)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# -- routing ----------------------------------------------------------------------------
+
+
+def test_confident_first_answer(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)], large=[large_reply("6", 0.99)])
+    r = h.ask()
+    assert r["answer"] == "5"
+    assert r["status"] == "answered"
+    assert r["escalated"] is False
+    assert r["arms_tried"] == ["small:direct"]
+    assert r["final_tier"] == "small" and r["final_attempt"] == 0
+    assert r["confidence"] == pytest.approx(0.9)
+    assert r["difficulty"] == "easy"
+    assert r["total_cost_usd"] == "0.0000056"
+    assert (r["total_input_tokens"], r["total_output_tokens"]) == (50, 3)
+    assert h.large.calls == []
+    (settings,) = h.small.settings
+    assert settings["max_tokens"] == 24 and settings["stop"] == ["\n\n"]
+    (attempt,) = r["attempts"]
+    assert attempt["model"] == "small-served"
+    assert attempt["raw_text"] == "#### 5"
+    assert attempt["finish_reason"] == "stop"
+
+
+def test_low_confidence_escalates_to_the_next_arm(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    r = h.ask()
+    assert r["status"] == "answered"
+    assert r["answer"] == "5" and r["final_tier"] == "large" and r["final_attempt"] == 1
+    assert r["escalated"] is True
+    assert r["arms_tried"] == ["small:direct", "large:cot"]
+    assert [a["confidence"] for a in r["attempts"]] == [pytest.approx(0.2), pytest.approx(0.95)]
+    assert r["total_cost_usd"] == str(SMALL_COST + LARGE_COST) == "0.0002056"
+    assert [a["cost_usd"] for a in r["attempts"]] == ["0.0000056", "0.0002"]
+    assert (r["total_input_tokens"], r["total_output_tokens"]) == (150, 23)
+    assert len(h.small.calls) == 1 and len(h.large.calls) == 1
+    assert h.large.settings[0]["max_tokens"] == 256
+
+
+def test_escalation_stops_when_confident(make_graph: Any) -> None:
+    h = make_graph(
+        small=[small_reply("4", 0.1), small_reply("5", 0.8)],
+        large=[large_reply("6", 0.99)],
+        ladder=("small:direct", "small:cot", "large:cot"),
+    )
+    r = h.ask()
+    assert r["arms_tried"] == ["small:direct", "small:cot"]
+    assert r["answer"] == "5" and r["status"] == "answered"
+    assert h.large.calls == []
+
+
+def test_low_confidence_everywhere_returns_the_most_confident(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.3)], large=[large_reply("5", 0.1)])
+    r = h.ask()
+    assert r["status"] == "low_confidence"
+    assert r["answer"] == "4" and r["final_attempt"] == 0
+    assert "ladder is exhausted" in r["reason"]
+
+
+def test_hard_question_starts_higher_on_the_ladder(make_graph: Any) -> None:
+    h = make_graph(large=[large_reply("12", 0.9)])
+    r = h.ask(
+        "Janet has 16 eggs every day. She eats 3 for breakfast and bakes muffins with 4 more each day. "
+        "She sells the remaining eggs at $2 each, so how much money does she make every day?"
+    )
+    assert r["difficulty"] == "hard"
+    assert r["arms_tried"] == ["large:cot"]  # start_rung hard=2, clipped to the 2-arm ladder
+    assert h.small.calls == []
+
+
+def test_zero_threshold_never_escalates(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.01)], large=[large_reply("5", 0.99)])
+    r = h.ask(context={"confidence_threshold": 0.0})
+    assert r["status"] == "answered" and r["answer"] == "4"
+    assert r["arms_tried"] == ["small:direct"]
+    assert h.large.calls == []
+
+
+def test_context_threshold_overrides_the_config(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.99)])
+    r = h.ask(context=ReasoningContext(confidence_threshold=0.95))
+    assert r["arms_tried"] == ["small:direct", "large:cot"]
+
+
+def test_prefilled_direct_answer_is_scored_on_its_own_tokens(make_graph: Any) -> None:
+    h = make_graph(
+        small=[reply(" 5", 0.8, input_tokens=40, output_tokens=2, prefix="")],
+        small_tier={"capabilities": {"logprobs": True, "top_logprobs": 2, "assistant_prefill": True}},
+    )
+    r = h.ask()
+    (messages,) = h.small.calls
+    assert isinstance(messages[-1], AIMessage) and messages[-1].content == "The answer is"
+    assert h.small.settings[0]["stop"] == ["\n"]
+    assert r["attempts"][0]["raw_text"] == "The answer is 5"
+    assert r["answer"] == "5"
+    assert r["confidence"] == pytest.approx(0.8)
+
+
+# -- tier failures ----------------------------------------------------------------------
+
+
+def test_unreachable_tier_is_recorded_and_the_next_tier_answers(make_graph: Any) -> None:
+    h = make_graph(
+        small=[unreachable()],
+        large=[large_reply("5", 0.9)],
+        ladder=("small:direct", "small:cot", "large:cot"),
+    )
+    r = h.ask()
+    assert r["status"] == "answered" and r["answer"] == "5" and r["final_tier"] == "large"
+    assert r["arms_tried"] == ["small:direct", "large:cot"]  # small:cot skipped: tier down
+    assert any(s.startswith("small:cot") and "failed earlier" in s for s in r["skipped"])
+    failed = r["attempts"][0]
+    assert "cannot connect" in failed["error"] and failed["error_kind"] == "unreachable"
+    assert failed["answer"] is None and failed["cost_usd"] == "0"
+    assert r["total_cost_usd"] == "0.0002"
+    assert len(h.small.calls) == 1
+
+    row = h.store().attempts_for(r["request_id"])[0]
+    assert row.error == failed["error"]
+    assert row.confidence_method == "error: unreachable"
+
+
+def test_bad_request_does_not_take_the_tier_down(make_graph: Any) -> None:
+    bad = openai.BadRequestError("bad", response=httpx.Response(400, request=REQUEST), body=None)
+    h = make_graph(small=[bad, small_reply("5", 0.9)], ladder=("small:direct", "small:cot", "large:cot"))
+    r = h.ask()
+    assert r["arms_tried"] == ["small:direct", "small:cot"]
+    assert r["attempts"][0]["error_kind"] == "bad_request"
+    assert r["answer"] == "5"
+
+
+def test_all_tiers_failing(make_graph: Any) -> None:
+    h = make_graph(small=[unreachable()], large=[unreachable()])
+    r = h.ask()
+    assert r["status"] == "failed"
+    assert r["answer"] is None and r["final_attempt"] is None and r["confidence"] is None
+    assert [a["error_kind"] for a in r["attempts"]] == ["unreachable", "unreachable"]
+    assert r["total_cost_usd"] == "0"
+    request = h.store().get_request(r["request_id"])
+    assert request is not None and request.status == "failed" and request.final_answer is None
+
+
+# -- budgets ----------------------------------------------------------------------------
+
+
+def test_budget_too_small_for_the_large_arm(make_graph: Any) -> None:
+    # small:direct may cost 0.0000149, large:cot 0.0007915 (101 prompt tokens, full output cap)
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.99)])
+    r = h.ask(context={"max_cost_usd": "0.0001"})
+    assert h.large.calls == []
+    assert r["arms_tried"] == ["small:direct"]
+    assert r["status"] in ("low_confidence", "budget_exhausted")
+    assert "budget" in r["reason"]
+    assert r["answer"] == "4"
+    assert any(s.startswith("large:cot: over budget") for s in r["skipped"])
+    assert Decimal(r["total_cost_usd"]) <= Decimal("0.0001")
+
+
+def test_config_budget_applies_without_context(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.99)], budget={"max_cost_usd": "0.0001"})
+    r = h.ask()
+    assert h.large.calls == [] and "budget" in r["reason"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "context"),
+    [({}, {"max_cost_usd": "0.000001"}), ({"max_output_tokens": 10}, None), ({"max_total_tokens": 100}, None)],
+)
+def test_budget_too_small_for_every_arm(make_graph: Any, budget: dict[str, Any], context: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.9)], budget=budget)
+    r = h.ask(context=context)
+    assert h.small.calls == [] and h.large.calls == []
+    assert r["status"] == "budget_exhausted"
+    assert r["answer"] is None and r["attempts"] == [] and r["total_cost_usd"] == "0"
+    assert "budget" in r["reason"]
+    store = h.store()
+    assert store.count_requests() == 1
+    assert store.attempts_for(r["request_id"]) == []
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", ["abc", 1.5, -0.1])
+def test_invalid_context_threshold_fails_before_any_model_call(make_graph: Any, threshold: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.9)])
+    with pytest.raises(ConfigError, match="confidence_threshold"):
+        h.ask(context={"confidence_threshold": threshold})
+    assert h.small.calls == [] and h.large.calls == []
+
+
+def test_invalid_context_cost_limit_is_a_config_error(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)])
+    with pytest.raises(ConfigError, match="max_cost_usd"):
+        h.ask(context={"max_cost_usd": "abc"})
+    assert h.small.calls == []
+
+
+def test_non_positive_context_cost_limit_fails_before_any_model_call(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)])
+    with pytest.raises(ConfigError, match="max_cost_usd must be > 0"):
+        h.ask(context={"max_cost_usd": 0})
+    assert h.small.calls == []
+
+
+@pytest.mark.parametrize("question", ["", "   \n\t ", 42])
+def test_invalid_question_fails_before_any_model_call(make_graph: Any, question: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.9)])
+    with pytest.raises(InvalidQuestionError):
+        h.ask(question)
+    assert h.small.calls == [] and h.large.calls == []
+    assert h.store().count_requests() == 0
+
+
+def test_question_too_long_for_every_tier(make_graph: Any) -> None:
+    h = make_graph(small_tier={"context_window": 200}, large_tier={"context_window": 300})
+    with pytest.raises(InvalidQuestionError, match="too long"):
+        h.ask("word " * 250)  # 250 + 96 prompt tokens + output cap > 300
+    assert h.small.calls == [] and h.large.calls == []
+
+
+def test_question_too_long_for_the_small_tier_goes_to_the_large(make_graph: Any) -> None:
+    h = make_graph(large=[large_reply("5", 0.9)], small_tier={"context_window": 150})
+    r = h.ask("What is the sum of these numbers: " + "1 " * 40)  # 47 + 96 + 24 > 150
+    assert r["arms_tried"] == ["large:cot"]
+    assert h.small.calls == []
+
+
+# -- outcome store ----------------------------------------------------------------------
+
+
+def test_store_has_one_request_and_one_row_per_attempt(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    out = h.graph.invoke({"question": EASY}, context={"thread_id": "t1", "user_id": "u1"})
+    r = out["result"]
+    assert out["logged"] is True
+    store = h.store()
+    assert store.count_requests() == 1
+    request = store.get_request(r["request_id"])
+    assert request is not None
+    assert request.question == EASY
+    assert (request.status, request.final_answer, request.final_attempt_index) == ("answered", "5", 1)
+    assert request.escalated is True and request.arms_tried == ["small:direct", "large:cot"]
+    assert (request.total_input_tokens, request.total_output_tokens, request.total_cost_usd) == (150, 23, "0.0002056")
+    assert (request.thread_id, request.user_id) == ("t1", "u1")
+    assert request.config_version == h.config.version()
+    rows = store.attempts_for(r["request_id"])
+    assert [(a.index, a.arm, a.tier) for a in rows] == [(0, "small:direct", "small"), (1, "large:cot", "large")]
+    for row, attempt in zip(rows, r["attempts"], strict=True):
+        assert row.attempt_id == attempt["attempt_id"]
+        assert (row.input_tokens, row.output_tokens) == (attempt["input_tokens"], attempt["output_tokens"])
+        assert row.cost_usd == attempt["cost_usd"]
+        assert row.confidence == pytest.approx(attempt["confidence"])
+        assert row.answer == attempt["answer"]
+    assert [(a.input_tokens, a.output_tokens, a.cost_usd) for a in rows] == [(50, 3, "0.0000056"), (100, 20, "0.0002")]
+    assert [a.confidence for a in rows] == [pytest.approx(0.2), pytest.approx(0.95)]
+    assert rows[0].signals["answer_min_logprob"] == pytest.approx(math.log(0.2))
+
+
+def test_each_request_gets_its_own_row(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9), small_reply("7", 0.9)])
+    ids = {h.ask()["request_id"], h.ask("What is 3 + 4?")["request_id"]}
+    assert len(ids) == 2
+    assert h.store().count_requests() == 2
+
+
+@pytest.mark.parametrize("context", [{"log": False}, ReasoningContext(log=False)])
+def test_log_false_writes_nothing(make_graph: Any, context: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    out = h.graph.invoke({"question": EASY}, context=context)
+    assert out["logged"] is False and out["result"]["answer"] == "5"
+    assert h.store().count_requests() == 0
+
+
+def test_graph_exposes_its_services(make_graph: Any) -> None:
+    h = make_graph()
+    assert h.graph.services is h.services

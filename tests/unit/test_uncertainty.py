@@ -1,0 +1,152 @@
+"""Uncertainty: answer tokens located from character spans, signals, heuristic confidence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from effreason_agents.strategies import parse_answer
+from effreason_agents.tiers import TokenLogprob
+from effreason_agents.uncertainty import (
+    HEURISTIC_METHOD,
+    SIGNAL_NAMES,
+    answer_tokens,
+    compute_signals,
+    heuristic_confidence,
+)
+
+ln = math.log
+
+
+def tok(token: str, p: float, *alts: tuple[str, float]) -> TokenLogprob:
+    """A token with probability ``p`` and alternatives given as probabilities."""
+    return TokenLogprob(token, ln(p), [(t, ln(q)) for t, q in alts])
+
+
+# "#### 42": the answer "42" is spelled by the last two tokens.
+SEPARATED = [
+    tok("####", 0.95, ("####", 0.95)),
+    tok(" ", 0.9),
+    tok("4", 0.6, ("4", 0.6), ("5", 0.3), ("6", 0.1)),
+    tok("2", 0.9, ("2", 0.9), ("3", 0.1)),
+]
+SEPARATED_TEXT = "".join(t.token for t in SEPARATED)
+
+
+def test_hand_made_reply_is_consistent() -> None:
+    assert SEPARATED_TEXT == "#### 42"
+    assert parse_answer(SEPARATED_TEXT).span == (5, 7)
+
+
+# -- answer_tokens ----------------------------------------------------------------------
+
+
+def test_answer_tokens_from_span() -> None:
+    assert [t.token for t in answer_tokens(SEPARATED, 0, (5, 7))] == ["4", "2"]
+    assert [t.token for t in answer_tokens(SEPARATED, 0, (0, 4))] == ["####"]
+
+
+def test_partially_overlapping_token_counts() -> None:
+    toks = [TokenLogprob("ab", -1.0), TokenLogprob("cd", -2.0), TokenLogprob("ef", -3.0)]
+    assert [t.token for t in answer_tokens(toks, 0, (1, 3))] == ["ab", "cd"]
+
+
+def test_whitespace_tokens_are_skipped() -> None:
+    assert [t.token for t in answer_tokens(SEPARATED, 0, (4, 7))] == ["4", "2"]
+
+
+def test_prefill_offset() -> None:
+    prefill = "The answer is"
+    generated = [tok(" 4", 0.5), tok("2", 0.8), tok(".", 0.99)]
+    text = prefill + "".join(t.token for t in generated)
+    span = parse_answer(text).span
+    assert span is not None and text[span[0] : span[1]] == "42"
+    assert [t.token for t in answer_tokens(generated, len(prefill), span)] == [" 4", "2"]
+    # without the offset the span points past the generated tokens' positions
+    assert [t.token for t in answer_tokens(generated, 0, span)] != [" 4", "2"]
+
+
+def test_span_outside_the_tokens() -> None:
+    assert answer_tokens(SEPARATED, 0, (100, 105)) == []
+
+
+# -- compute_signals --------------------------------------------------------------------
+
+
+def test_signals_on_hand_made_tokens() -> None:
+    sig = compute_signals(SEPARATED, 0, (5, 7), "stop")
+    assert set(sig) == set(SIGNAL_NAMES)
+    assert sig["answer_mean_logprob"] == pytest.approx((ln(0.6) + ln(0.9)) / 2)
+    assert sig["answer_min_logprob"] == pytest.approx(ln(0.6))
+    entropy_4 = -(0.6 * ln(0.6) + 0.3 * ln(0.3) + 0.1 * ln(0.1))
+    assert sig["answer_max_entropy"] == pytest.approx(entropy_4)
+    assert sig["answer_min_margin"] == pytest.approx(ln(0.6) - ln(0.3))  # ln 2, at "4"
+    assert sig["output_mean_logprob"] == pytest.approx((ln(0.95) + ln(0.9) + ln(0.6) + ln(0.9)) / 4)
+    assert sig["truncated"] == 0.0
+
+
+def test_entropy_is_renormalized_over_returned_alternatives() -> None:
+    toks = [tok("a", 0.4, ("a", 0.4), ("b", 0.4))]
+    sig = compute_signals(toks, 0, (0, 1), "stop")
+    assert sig["answer_max_entropy"] == pytest.approx(ln(2))
+    assert sig["answer_min_margin"] == pytest.approx(0.0)
+
+
+def test_no_alternatives_gives_no_entropy_or_margin() -> None:
+    sig = compute_signals([tok("7", 0.5)], 0, (0, 1), "stop")
+    assert sig["answer_min_logprob"] == pytest.approx(ln(0.5))
+    assert sig["answer_max_entropy"] is None and sig["answer_min_margin"] is None
+
+
+@pytest.mark.parametrize(("finish", "truncated"), [("length", 1.0), ("stop", 0.0), (None, 0.0)])
+def test_no_logprobs(finish: str | None, truncated: float) -> None:
+    for logprobs in (None, []):
+        sig = compute_signals(logprobs, 0, (0, 1), finish)
+        assert sig.pop("truncated") == truncated
+        assert all(v is None for v in sig.values())
+
+
+def test_no_span_keeps_only_output_signals() -> None:
+    sig = compute_signals(SEPARATED, 0, None, "length")
+    assert sig["truncated"] == 1.0
+    assert sig["output_mean_logprob"] is not None
+    assert sig["answer_min_logprob"] is None and sig["answer_mean_logprob"] is None
+
+
+# -- heuristic_confidence ---------------------------------------------------------------
+
+
+def test_confidence_is_exp_of_min_answer_logprob() -> None:
+    sig = compute_signals(SEPARATED, 0, (5, 7), "stop")
+    conf, method = heuristic_confidence(sig, has_answer=True, answer_method="separator")
+    assert conf == pytest.approx(0.6)
+    assert method == HEURISTIC_METHOD
+
+
+def test_no_answer_means_zero_confidence() -> None:
+    sig = compute_signals(SEPARATED, 0, (5, 7), "stop")
+    assert heuristic_confidence(sig, has_answer=False, answer_method="none")[0] == 0.0
+
+
+@pytest.mark.parametrize("method", ["last-number", "text"])
+def test_truncated_before_separator_means_zero(method: str) -> None:
+    sig = compute_signals(SEPARATED, 0, (5, 7), "length")
+    conf, why = heuristic_confidence(sig, has_answer=True, answer_method=method)
+    assert conf == 0.0 and "truncated" in why
+
+
+def test_truncated_after_separator_keeps_confidence() -> None:
+    sig = compute_signals(SEPARATED, 0, (5, 7), "length")
+    assert heuristic_confidence(sig, has_answer=True, answer_method="separator")[0] == pytest.approx(0.6)
+
+
+def test_no_logprobs_means_no_confidence() -> None:
+    sig = compute_signals(None, 0, (5, 7), "stop")
+    conf, why = heuristic_confidence(sig, has_answer=True, answer_method="separator")
+    assert conf is None and "no logprobs" in why
+
+
+def test_confidence_is_clamped() -> None:
+    sig = {name: None for name in SIGNAL_NAMES} | {"answer_min_logprob": 1e-6, "truncated": 0.0}
+    assert heuristic_confidence(sig, has_answer=True, answer_method="separator")[0] == 1.0
