@@ -187,7 +187,7 @@ def serve_local_cmd(
         settings = cfg.embedded
         if engine == "embedded" and model:
             settings = settings.model_copy(update={"model_path": model})
-        serve_local(engine=engine, model=model, host=host, port=port, settings=settings, echo=lambda s: out.print(s, highlight=False))
+        serve_local(engine=engine, model=model, host=host, port=port, settings=settings, echo=lambda s: print(s, flush=True))
     except EffReasonError as exc:
         _fail(exc)
 
