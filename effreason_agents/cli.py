@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -72,19 +73,18 @@ def result_json(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def attempts_table(result: dict[str, Any], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False)
-    for col, just in (("#", "right"), ("arm", "left"), ("model", "left"), ("in tok", "right"), ("out tok", "right"),
-                      ("cost", "right"), ("latency", "right"), ("confidence", "right"), ("finish", "left"), ("answer", "left")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    """One row per attempt; ``*`` marks the attempt whose answer was returned."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("#", "right"), ("arm", "left"), ("tokens in/out", "right"), ("cost", "right"),
+                      ("latency", "right"), ("conf", "right"), ("finish", "left"), ("answer", "left")):
+        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     final = result.get("final_attempt")
     for i, a in enumerate(result["attempts"]):
         conf = a.get("confidence")
         table.add_row(
             f"{i}{'*' if i == final else ''}",
             a["arm"],
-            a["model"],
-            str(a["input_tokens"]),
-            str(a["output_tokens"]),
+            f"{a['input_tokens']}/{a['output_tokens']}",
             _money(a["cost_usd"]),
             f"{a['latency_s']:.2f}s",
             "-" if conf is None else f"{conf:.2f}",
@@ -92,6 +92,13 @@ def attempts_table(result: dict[str, Any], title: str | None = None) -> Table:
             a.get("error") or (a.get("answer") or "-"),
         )
     return table
+
+
+def _models_line(result: dict[str, Any]) -> str:
+    seen: dict[str, str] = {}
+    for a in result["attempts"]:
+        seen.setdefault(a["tier"], f"{a['model']} ({a['engine']})" if a.get("engine") else a["model"])
+    return " · ".join(f"{tier} = {model}" for tier, model in seen.items())
 
 
 def _fail(exc: BaseException, code: int = 1) -> None:
@@ -130,6 +137,7 @@ def ask(
         return
     out.print(f"[bold]{result['answer'] if result['answer'] is not None else '(no answer)'}[/]", highlight=False)
     out.print(attempts_table(result))
+    out.print(f"[dim]{_models_line(result)}[/]", highlight=False)
     out.print(
         f"status {result['status']} · difficulty {result['difficulty']} · escalated {'yes' if result['escalated'] else 'no'}"
         f" · {result['total_output_tokens']} output tokens · {_money(result['total_cost_usd'])}",
@@ -161,13 +169,16 @@ def log_tail(
     if json_out:
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
-    table = Table(title=f"last {len(rows)} requests · {path}")
-    for col in ("finished", "question", "answer", "status", "arms tried", "out tok", "cost", "escalated"):
-        table.add_column(col)
+    table = Table(title=f"last {len(rows)} requests · {path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("UTC", "question", "answer", "status", "n", "out", "cost"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
-        q = r.question if len(r.question) <= 48 else r.question[:45] + "..."
-        table.add_row(r.finished_at[:19].replace("T", " "), q, r.final_answer or "-", r.status, " → ".join(r.arms_tried),
-                      str(r.total_output_tokens), _money(r.total_cost_usd), "yes" if r.escalated else "no")
+        q = " ".join(r.question.split())
+        q = q if len(q) <= 24 else q[:23] + "…"
+        a = r.final_answer or "-"
+        a = a if len(a) <= 10 else a[:9] + "…"
+        table.add_row(r.finished_at[11:16], q, a, r.status,
+                      f"{len(r.arms_tried)}{'↑' if r.escalated else ''}", str(r.total_output_tokens), _money(r.total_cost_usd))
     out.print(table)
 
 

@@ -134,14 +134,15 @@ class TierClient:
         return OPENAI_DEFAULT_BASE_URL
 
     def api_key(self) -> str:
+        """The tier's key from its ``api_key_env`` variable; tiers that name no variable
+        (a local server without auth) send a placeholder."""
         env = os.environ if self._environ is None else self._environ
         if self.tier.api_key_env:
             key = env.get(self.tier.api_key_env)
             if key:
                 return key
-            if self.tier.engine == "openai":
-                raise TierError(self.name, f"no API key: set {self.tier.api_key_env}", kind="no_key")
-        if self.tier.engine == "openai" and not self.tier.api_key_env:
+            raise TierError(self.name, f"no API key: set {self.tier.api_key_env}", kind="no_key")
+        if self.tier.engine == "openai":
             raise TierError(self.name, "no API key: set api_key_env for this tier", kind="no_key")
         return "not-needed"
 

@@ -218,8 +218,14 @@ def test_openai_engine_default_base_url() -> None:
     assert client.api_key() == "x"
 
 
-def test_compatible_engine_needs_no_key() -> None:
-    assert TierClient("t", tier(api_key_env="MY_KEY"), environ={}).api_key() == "not-needed"
+def test_compatible_engine_without_key_variable_needs_no_key() -> None:
+    assert TierClient("t", tier(api_key_env=None), environ={}).api_key() == "not-needed"
+
+
+def test_named_key_variable_unset_is_no_key() -> None:
+    with pytest.raises(TierError) as err:
+        TierClient("t", tier(api_key_env="MY_KEY"), environ={}).api_key()
+    assert err.value.kind == "no_key" and "MY_KEY" in str(err.value)
 
 
 def test_clients_for_enabled_tiers_only() -> None:
