@@ -503,3 +503,31 @@ def test_log_false_writes_nothing(make_graph: Any, context: Any) -> None:
 def test_graph_exposes_its_services(make_graph: Any) -> None:
     h = make_graph()
     assert h.graph.services is h.services
+
+
+# -- inside a user's own graph ----------------------------------------------------------
+
+
+def test_runs_as_a_node_of_a_users_own_graph(make_graph: Any) -> None:
+    from typing_extensions import TypedDict
+    from langgraph.graph import END, START, StateGraph
+
+    h = make_graph(small=[small_reply("5", 0.9)])
+
+    class AppState(TypedDict, total=False):
+        question: str
+        result: dict[str, Any]
+        reply: str
+
+    def respond(state: AppState) -> dict[str, Any]:
+        return {"reply": f"answer: {state['result']['answer']} (${state['result']['total_cost_usd']})"}
+
+    app = StateGraph(AppState)
+    app.add_node("reason", h.graph)  # the compiled reasoning graph as a subgraph node
+    app.add_node("respond", respond)
+    app.add_edge(START, "reason")
+    app.add_edge("reason", "respond")
+    app.add_edge("respond", END)
+    out = app.compile().invoke({"question": EASY})
+    assert out["reply"] == "answer: 5 ($0.0000056)"
+    assert out["result"]["arms_tried"] == ["small:direct"]
