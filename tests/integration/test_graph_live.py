@@ -156,14 +156,15 @@ def test_ctrl_c_leaves_no_half_written_rows(tmp_path: Path) -> None:
         EFFREASON + ["ask", "Write a long step by step explanation of how to add 123 and 456.", "--threshold", "1.0"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(3.0)  # the server is up and the graph is mid-request
+    time.sleep(4.0)  # imports done, the server is up and the graph is mid-request (two cot attempts take longer)
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("effreason ask did not stop on Ctrl-C")
-    assert proc.returncode in (0, 130)
+    # 130: the CLI caught the interrupt; -SIGINT: it arrived outside the CLI's handler; 0: it finished first
+    assert proc.returncode in (0, 130, -signal.SIGINT)
     db = tmp_path / "outcomes.sqlite"
     if db.exists():
         # either the request completed (all rows) or nothing of it was written
