@@ -11,10 +11,21 @@ from typing import Any, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .config import Config, load_config
 from .errors import EffReasonError, InvalidQuestionError
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"effreason-agents {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     help="Cost-aware reasoning: answer each question with the cheapest arm that is confident enough, "
@@ -24,6 +35,13 @@ app = typer.Typer(
 )
 log_app = typer.Typer(help="Read the outcome store.", no_args_is_help=True)
 app.add_typer(log_app, name="log")
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Cost-aware reasoning for LangGraph and LangChain."""
 
 out = Console()
 err = Console(stderr=True)
@@ -89,7 +107,7 @@ def attempts_table(result: dict[str, Any], title: str | None = None) -> Table:
             f"{a['latency_s']:.2f}s",
             "-" if conf is None else f"{conf:.2f}",
             a.get("finish_reason") or "-",
-            a.get("error") or (a.get("answer") or "-"),
+            Text(a.get("error") or (a.get("answer") or "-")),
         )
     return table
 
@@ -102,7 +120,7 @@ def _models_line(result: dict[str, Any]) -> str:
 
 
 def _fail(exc: BaseException, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -135,7 +153,7 @@ def ask(
     if json_out:
         print(json.dumps(result_json(result), indent=2))
         return
-    out.print(f"[bold]{result['answer'] if result['answer'] is not None else '(no answer)'}[/]", highlight=False)
+    out.print(f"[bold]{escape(result['answer']) if result['answer'] is not None else '(no answer)'}[/]", highlight=False)
     out.print(attempts_table(result))
     out.print(f"[dim]{_models_line(result)}[/]", highlight=False)
     out.print(
@@ -144,7 +162,7 @@ def ask(
         highlight=False,
     )
     if result.get("reason"):
-        out.print(f"[dim]{result['reason']}[/]", highlight=False)
+        out.print(f"[dim]{escape(result['reason'])}[/]", highlight=False)
 
 
 @log_app.command("tail")
@@ -177,7 +195,7 @@ def log_tail(
         q = q if len(q) <= 24 else q[:23] + "…"
         a = r.final_answer or "-"
         a = a if len(a) <= 10 else a[:9] + "…"
-        table.add_row(r.finished_at[11:16], q, a, r.status,
+        table.add_row(r.finished_at[11:16], Text(q), Text(a), r.status,
                       f"{len(r.arms_tried)}{'↑' if r.escalated else ''}", str(r.total_output_tokens), _money(r.total_cost_usd))
     out.print(table)
 
@@ -240,9 +258,9 @@ def demo(config: Optional[Path] = ConfigOpt, json_out: bool = JsonOpt) -> None:
             results.append(res)
             if not json_out:
                 out.print()
-                out.print(attempts_table(res, title=f"{q}  [{res['difficulty']}]"))
+                out.print(attempts_table(res, title=escape(f"{q}  [{res['difficulty']}]")))
                 out.print(
-                    f"→ answer [bold]{res['answer']}[/] · {res['status']} · {res['total_output_tokens']} output tokens"
+                    f"→ answer [bold]{escape(str(res['answer']))}[/] · {res['status']} · {res['total_output_tokens']} output tokens"
                     f" · {_money(res['total_cost_usd'])}",
                     highlight=False,
                 )

@@ -213,8 +213,7 @@ class ReasoningNodes:
                 stop=prompt.stop,
             )
         except TierError as exc:
-            attempt.update(error=str(exc), signals={"error_kind": None}, confidence_method=f"error: {exc.kind}")
-            attempt["error_kind"] = exc.kind
+            attempt.update(error=str(exc), error_kind=exc.kind, confidence_method=f"error: {exc.kind}")
             return {"attempts": attempts + [attempt]}
         parsed = parse_answer(c.text)
         signals = compute_signals(c.logprobs, len(c.prefill), parsed.span, c.finish_reason)
@@ -229,6 +228,7 @@ class ReasoningNodes:
             answer=parsed.answer,
             answer_method=parsed.method,
             raw_text=c.text,
+            logprobs=[t.to_json() for t in c.logprobs] if c.logprobs else None,
         )
         return {"attempts": attempts + [attempt]}
 
@@ -311,8 +311,7 @@ class ReasoningNodes:
         if not ctx.log:
             return {"logged": False}
         result = state["result"]
-        fields = set(AttemptRecord.model_fields)
-        attempts = [AttemptRecord(**{k: v for k, v in a.items() if k in fields}) for a in state.get("attempts") or []]
+        attempts = [AttemptRecord(**a) for a in state.get("attempts") or []]
         request = RequestRecord(
             request_id=state["request_id"],
             question=state["question"],

@@ -59,8 +59,13 @@ class AttemptRecord(BaseModel):
     confidence_method: str | None = None
     signals: dict[str, float | None] = Field(default_factory=dict)
     answer: str | None = None
+    answer_method: str | None = Field(default=None, description="how the answer was read from the reply")
     raw_text: str = ""
     error: str | None = None
+    error_kind: str | None = Field(default=None, description="unreachable, timeout, rate_limited, server_error, ...")
+    logprobs: list[dict[str, Any]] | None = Field(
+        default=None, description="per generated token: token, logprob, top alternatives"
+    )
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -147,9 +152,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX idx_attempts_request_id ON attempts(request_id);
         """,
     ),
+    (
+        "0002_attempt_logprobs_answer_method_error_kind",
+        """
+        ALTER TABLE attempts ADD COLUMN answer_method TEXT;
+        ALTER TABLE attempts ADD COLUMN error_kind TEXT;
+        ALTER TABLE attempts ADD COLUMN logprobs TEXT;
+        """,
+    ),
 ]
 
-_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals"})
+_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs"})
 _BOOL_COLUMNS = frozenset({"escalated"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 # Record field -> column name, where they differ (``index`` is an SQL keyword).
@@ -191,7 +204,7 @@ def _decode(row: sqlite3.Row, renames: dict[str, str] | None = None) -> dict[str
     for column in row.keys():
         value = row[column]
         if column in _JSON_COLUMNS:
-            value = json.loads(value)
+            value = None if value is None else json.loads(value)
         elif column in _BOOL_COLUMNS:
             value = bool(value)
         data[back.get(column, column)] = value

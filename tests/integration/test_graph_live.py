@@ -91,10 +91,13 @@ def test_ask_json_end_to_end(tmp_path: Path) -> None:
     db = tmp_path / "outcomes.sqlite"
     req = _rows(db, "select request_id, question, total_output_tokens, escalated from requests")
     assert req == [(doc["request_id"], "What is 2 + 3?", doc["total_output_tokens"], int(doc["escalated"]))]
-    atts = _rows(db, "select output_tokens, signals from attempts order by attempt_index")
+    atts = _rows(db, "select output_tokens, signals, logprobs from attempts order by attempt_index")
     assert [a[0] for a in atts] == [a["output_tokens"] for a in doc["attempts"]]
-    for _, signals in atts:  # logprobs were captured and turned into signals
+    for out_tokens, signals, logprobs in atts:  # logprobs were captured and turned into signals
         assert json.loads(signals)["answer_min_logprob"] is not None
+        tokens = json.loads(logprobs)
+        assert len(tokens) == out_tokens or len(tokens) == out_tokens - 1  # llama.cpp may omit the EOS token
+        assert all(t["top"] and t["logprob"] <= 0 for t in tokens)
 
     tail = _run(["log", "tail", "--json"], _env(tmp_path), tmp_path)
     assert tail.returncode == 0, tail.stderr
