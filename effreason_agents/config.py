@@ -215,6 +215,14 @@ class Config(_Model):
         enabled = self.enabled_tiers(environ)
         return [a for a in self.ladder if a.tier in enabled]
 
+    def context_window(self, tier_name: str) -> int:
+        """Tokens one request to the tier may use; for the embedded engine also bounded by
+        the server's per-slot context (``n_ctx / n_parallel``)."""
+        tier = self.tiers[tier_name]
+        if tier.engine == "embedded":
+            return min(tier.context_window, self.embedded.n_ctx // self.embedded.n_parallel)
+        return tier.context_window
+
     def arm_max_tokens(self, arm: ArmConfig) -> int:
         return arm.max_tokens or self.strategies[arm.strategy].max_tokens
 

@@ -137,8 +137,9 @@ class ReasoningNodes:
                 counts[arm.tier] = client.count_tokens(question) + PROMPT_OVERHEAD_TOKENS
             prompt_tokens = counts[arm.tier]
             max_tokens = self.config.arm_max_tokens(arm)
-            largest = max(largest, tier.context_window)
-            if prompt_tokens + max_tokens > tier.context_window:
+            window = self.config.context_window(arm.tier)
+            largest = max(largest, window)
+            if prompt_tokens + max_tokens > window:
                 continue
             arms.append(
                 {

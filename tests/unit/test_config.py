@@ -363,3 +363,10 @@ def test_config_is_validated_on_assignment() -> None:
     cfg: Config = config_from_data(default_config_data({}))
     with pytest.raises(ValueError):
         cfg.tiers["small"].price_input_per_1m = Decimal(-1)
+
+
+def test_embedded_context_window_is_bounded_by_the_servers_slot() -> None:
+    cfg = config_from_data({**default_config_data({}), "embedded": {"n_ctx": 2048, "n_parallel": 4}})
+    assert cfg.tiers["small"].context_window == 2048
+    assert cfg.context_window("small") == 512  # 2048 tokens shared by 4 slots
+    assert cfg.context_window("large") == cfg.tiers["large"].context_window
