@@ -143,10 +143,9 @@ def parse_answer(text: str) -> ParsedAnswer:
         found = _after(text, text.rindex(SEPARATOR) + len(SEPARATOR), "separator")
         if found is not None:
             return found
-    last_is = None
-    for last_is in _ANSWER_IS.finditer(text):
-        pass
-    if last_is is not None:
+    phrases = list(_ANSWER_IS.finditer(text))
+    if phrases:
+        last_is = phrases[-1]
         found = _after(text, last_is.end(), "answer-is")
         if found is not None:
             return found
