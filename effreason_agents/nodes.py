@@ -22,12 +22,12 @@ from . import __version__
 from .budget import Spend, effective_budget, worst_case_cost
 from .classifier import classify_difficulty
 from .config import Config
-from .errors import ConfigError, InvalidQuestionError, StoreError, TierError
+from .errors import ConfigError, EffReasonError, InvalidQuestionError, StoreError, TierError
 from .outcomes import AttemptRecord, OutcomeStore, RequestRecord, utc_now
 from .routing import TIER_DOWN_KINDS, escalation_decision, final_choice, pick_arm, start_rung
 from .state import ReasoningContext, ReasoningState
 from .strategies import build_prompt, parse_answer
-from .tiers import TierClient, clients_for, format_usd
+from .tiers import TierClient, clients_for, estimate_tokens, format_usd
 from .uncertainty import compute_signals, heuristic_confidence
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,12 @@ class ReasoningNodes:
             tier = self.config.tiers[arm.tier]
             client = self.services.clients[arm.tier]
             if arm.tier not in counts:
-                counts[arm.tier] = client.count_tokens(question) + PROMPT_OVERHEAD_TOKENS
+                try:
+                    q_tokens = client.count_tokens(question)
+                except EffReasonError as exc:  # the tier's tokenizer is unavailable: estimate, and let solve report it
+                    log.warning("counting tokens on tier %r failed (%s); using an estimate", arm.tier, exc)
+                    q_tokens = estimate_tokens(question)
+                counts[arm.tier] = q_tokens + PROMPT_OVERHEAD_TOKENS
             prompt_tokens = counts[arm.tier]
             max_tokens = self.config.arm_max_tokens(arm)
             window = self.config.context_window(arm.tier)

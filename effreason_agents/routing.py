@@ -13,7 +13,9 @@ from .budget import Spend, fits
 from .config import BudgetConfig, Difficulty
 
 # Errors after which the tier is skipped for the rest of the request.
-TIER_DOWN_KINDS = frozenset({"unreachable", "timeout", "no_key", "auth", "rate_limited", "server_error"})
+TIER_DOWN_KINDS = frozenset(
+    {"unreachable", "unavailable", "timeout", "no_key", "auth", "rate_limited", "server_error"}
+)
 
 
 def start_rung(difficulty: Difficulty, start: Mapping[str, int], n_arms: int) -> int:

@@ -26,7 +26,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
 from .config import Config, TierConfig
-from .errors import TierError
+from .errors import EffReasonError, TierError
 
 ONE_MILLION = Decimal(1_000_000)
 
@@ -120,13 +120,15 @@ class TierClient:
         self._environ = environ
 
     # -- endpoint -----------------------------------------------------------------
+    def _embedded_server(self) -> Any:
+        from .config import EmbeddedConfig
+        from .embedded import get_embedded_server
+
+        return get_embedded_server(self._config.embedded if self._config else EmbeddedConfig())
+
     def base_url(self) -> str:
         if self.tier.engine == "embedded":
-            from .config import EmbeddedConfig
-            from .embedded import get_embedded_server
-
-            settings = self._config.embedded if self._config else EmbeddedConfig()
-            return get_embedded_server(settings).base_url
+            return self._embedded_server().base_url
         if self.tier.base_url:
             return self.tier.base_url
         from .config import OPENAI_DEFAULT_BASE_URL
@@ -150,11 +152,7 @@ class TierClient:
         """Tokens of ``text`` as this tier counts them (the embedded server's own tokenizer,
         otherwise the o200k BPE as an estimate)."""
         if self.tier.engine == "embedded":
-            from .embedded import get_embedded_server
-
-            settings = self._config.embedded if self._config else None
-            if settings is not None:
-                return get_embedded_server(settings).count_tokens(text)
+            return int(self._embedded_server().count_tokens(text))
         return estimate_tokens(text)
 
     # -- calls --------------------------------------------------------------------
@@ -207,6 +205,8 @@ class TierClient:
             msg = llm.invoke(msgs, config=config)
         except TierError:
             raise
+        except EffReasonError as exc:  # e.g. the embedded server could not start
+            raise TierError(self.name, str(exc), kind="unavailable") from exc
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
             kind, why = _error_kind(exc)
             raise TierError(self.name, f"{why} after {self.tier.max_retries} retries", kind=kind) from exc

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -463,3 +464,13 @@ def test_prefill_dropped_for_other_tiers(server: FakeOpenAIServer) -> None:
     messages = server.requests[0]["json"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user"]
     assert c.prefill == "" and c.text == "#### 42"
+
+
+def test_embedded_tier_that_cannot_start_is_an_unavailable_tier_error(tmp_path: Path) -> None:
+    data = default_config_data({})
+    data["embedded"] = {"model_path": str(tmp_path / "missing.gguf")}
+    cfg = config_from_data(data)
+    client = TierClient("small", cfg.tiers["small"], cfg, environ={})
+    with pytest.raises(TierError) as err:
+        client.complete([HumanMessage("What is 2 + 3?")], max_tokens=4)
+    assert err.value.kind == "unavailable" and "missing.gguf" in str(err.value)
