@@ -531,3 +531,17 @@ def test_runs_as_a_node_of_a_users_own_graph(make_graph: Any) -> None:
     out = app.compile().invoke({"question": EASY})
     assert out["reply"] == "answer: 5 ($0.0000056)"
     assert out["result"]["arms_tried"] == ["small:direct"]
+
+
+def test_state_is_json_plain_and_checkpoints(make_graph: Any) -> None:
+    import json as _json
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    graph = build_reasoning_graph(h.config, services=h.services, checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": "t1"}}
+    out = graph.invoke({"question": EASY}, cfg)
+    _json.dumps(out)  # every value is JSON-plain
+    saved = graph.get_state(cfg).values
+    assert saved["result"]["answer"] == "5" and len(saved["attempts"]) == 2
