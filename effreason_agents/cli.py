@@ -140,7 +140,8 @@ def ask(
     try:
         cfg = _load(config)
         ctx = ReasoningContext(confidence_threshold=threshold, max_cost_usd=max_cost, log=not no_log)
-        result = run_ask(question, cfg, context=ctx)
+        with err.status("thinking…", spinner="dots"):
+            result = run_ask(question, cfg, context=ctx)
     except InvalidQuestionError as exc:
         _fail(exc, 2)
         return
@@ -253,8 +254,9 @@ def demo(config: Optional[Path] = ConfigOpt, json_out: bool = JsonOpt) -> None:
         out.print(f"  ladder: {' → '.join(a.name for a in cfg.usable_ladder())}", highlight=False)
     results = []
     try:
-        for q in DEMO_QUESTIONS:
-            res = graph.invoke({"question": q}, context=ReasoningContext())["result"]
+        for i, q in enumerate(DEMO_QUESTIONS, 1):
+            with err.status(f"question {i}/{len(DEMO_QUESTIONS)}: {escape(q)}", spinner="dots"):
+                res = graph.invoke({"question": q}, context=ReasoningContext())["result"]
             results.append(res)
             if not json_out:
                 out.print()
