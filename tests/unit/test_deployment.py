@@ -19,6 +19,9 @@ def _graphs() -> dict[str, str]:
 def test_langgraph_json_graphs_import_without_starting_anything(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no effreason.toml here: the built-in default config
     monkeypatch.delenv("EFFREASON_CONFIG", raising=False)
+    from effreason_agents import embedded
+
+    before = dict(embedded._servers)
     file, attr = _graphs()[name].split(":")
     spec = importlib.util.spec_from_file_location(f"graph_{name}", ROOT / file)
     assert spec and spec.loader
@@ -26,6 +29,4 @@ def test_langgraph_json_graphs_import_without_starting_anything(name: str, monke
     spec.loader.exec_module(module)
     graph = getattr(module, attr)
     assert {"classify", "solve", "assess", "escalate", "finalize", "log"} <= set(graph.get_graph().nodes)
-    from effreason_agents import embedded
-
-    assert not embedded._servers, "importing a graph must not start the embedded server"
+    assert embedded._servers == before, "importing a graph must not start the embedded server"
