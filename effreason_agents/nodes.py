@@ -107,6 +107,35 @@ def _spent(attempts: list[dict[str, Any]]) -> Spend:
     return s
 
 
+def outcome_records(
+    state: Mapping[str, Any], config: Config, ctx: ReasoningContext | None = None
+) -> tuple[RequestRecord, list[AttemptRecord]]:
+    """The outcome-store rows for a finished run's state (what the ``log`` node writes)."""
+    ctx = ctx or ReasoningContext()
+    result = state["result"]
+    attempts = [AttemptRecord(**a) for a in state.get("attempts") or []]
+    request = RequestRecord(
+        request_id=state["request_id"],
+        question=state["question"],
+        final_answer=result["answer"],
+        final_attempt_index=result["final_attempt"],
+        status=result["status"],
+        difficulty=state.get("difficulty"),
+        arms_tried=result["arms_tried"],
+        escalated=result["escalated"],
+        total_input_tokens=result["total_input_tokens"],
+        total_output_tokens=result["total_output_tokens"],
+        total_cost_usd=result["total_cost_usd"],
+        graph_version=GRAPH_VERSION,
+        config_version=config.version(),
+        thread_id=ctx.thread_id,
+        user_id=ctx.user_id,
+        started_at=state["started_at"],
+        extra={"features": state.get("features") or {}, "skipped": result["skipped"]},
+    )
+    return request, attempts
+
+
 class ReasoningNodes:
     """The node functions, bound to :class:`Services`."""
 
@@ -316,27 +345,7 @@ class ReasoningNodes:
         ctx = _ctx(runtime)
         if not ctx.log:
             return {"logged": False}
-        result = state["result"]
-        attempts = [AttemptRecord(**a) for a in state.get("attempts") or []]
-        request = RequestRecord(
-            request_id=state["request_id"],
-            question=state["question"],
-            final_answer=result["answer"],
-            final_attempt_index=result["final_attempt"],
-            status=result["status"],
-            difficulty=state.get("difficulty"),
-            arms_tried=result["arms_tried"],
-            escalated=result["escalated"],
-            total_input_tokens=result["total_input_tokens"],
-            total_output_tokens=result["total_output_tokens"],
-            total_cost_usd=result["total_cost_usd"],
-            graph_version=GRAPH_VERSION,
-            config_version=self.config.version(),
-            thread_id=ctx.thread_id,
-            user_id=ctx.user_id,
-            started_at=state["started_at"],
-            extra={"features": state.get("features") or {}, "skipped": result["skipped"]},
-        )
+        request, attempts = outcome_records(state, self.config, ctx)
         try:
             self.services.store.record(request, attempts)
         except StoreError as exc:

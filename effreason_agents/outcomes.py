@@ -21,6 +21,8 @@ from effreason_agents.errors import StoreError
 
 __all__ = [
     "MIGRATIONS",
+    "BenchResult",
+    "BenchRun",
     "AttemptRecord",
     "OutcomeStore",
     "RequestRecord",
@@ -66,6 +68,45 @@ class AttemptRecord(BaseModel):
     logprobs: list[dict[str, Any]] | None = Field(
         default=None, description="per generated token: token, logprob, top alternatives"
     )
+    created_at: str = Field(default_factory=utc_now)
+
+
+class BenchRun(BaseModel):
+    """One benchmark run: which items and arms, under which configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    out_dir: str
+    suite: str
+    arms: list[str]
+    config_version: str
+    created_at: str = Field(default_factory=utc_now)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchResult(BaseModel):
+    """One item answered by one arm (or the graph) in a benchmark run, with its grade."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    item_id: str
+    arm: str
+    request_id: str | None = None
+    question: str
+    gold: str
+    answer_type: str
+    difficulty: str | None = None
+    predicted: str | None = None
+    correct: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: str = "0"
+    latency_s: float = 0.0
+    attempts: int = 1
+    escalated: bool = False
+    large_calls: int = 0
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -160,10 +201,45 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE attempts ADD COLUMN logprobs TEXT;
         """,
     ),
+    (
+        "0003_bench_runs_and_results",
+        """
+        CREATE TABLE bench_runs (
+            run_id TEXT PRIMARY KEY,
+            out_dir TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            arms TEXT NOT NULL DEFAULT '[]',
+            config_version TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE bench_results (
+            run_id TEXT NOT NULL REFERENCES bench_runs(run_id) ON DELETE CASCADE,
+            item_id TEXT NOT NULL,
+            arm TEXT NOT NULL,
+            request_id TEXT REFERENCES requests(request_id),
+            question TEXT NOT NULL,
+            gold TEXT NOT NULL,
+            answer_type TEXT NOT NULL,
+            difficulty TEXT,
+            predicted TEXT,
+            correct INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd TEXT NOT NULL DEFAULT '0',
+            latency_s REAL NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            escalated INTEGER NOT NULL DEFAULT 0,
+            large_calls INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (run_id, item_id, arm)
+        );
+        """,
+    ),
 ]
 
-_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs"})
-_BOOL_COLUMNS = frozenset({"escalated"})
+_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta"})
+_BOOL_COLUMNS = frozenset({"escalated", "correct"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 # Record field -> column name, where they differ (``index`` is an SQL keyword).
 _ATTEMPT_RENAMES = {"index": "attempt_index"}
@@ -338,14 +414,20 @@ class OutcomeStore:
 
     # -- writing -----------------------------------------------------------
 
-    def record(self, request: RequestRecord, attempts: Sequence[AttemptRecord]) -> None:
-        """Write a request and all its attempts in one transaction: all rows or none."""
+    def record(
+        self, request: RequestRecord, attempts: Sequence[AttemptRecord], bench: BenchResult | None = None
+    ) -> None:
+        """Write a request, all its attempts and (for a benchmark) its graded result in one
+        transaction: all rows or none."""
         rid = request.request_id
         strays = sorted({a.request_id for a in attempts if a.request_id != rid})
         if strays:
             raise StoreError(f"attempts for request {rid!r} carry other request_ids {strays}; nothing was written")
+        if bench is not None and bench.request_id != rid:
+            raise StoreError(f"bench result for {bench.request_id!r} passed with request {rid!r}; nothing was written")
         request_row = _encode(request)
         attempt_rows = [_encode(a, _ATTEMPT_RENAMES) for a in attempts]
+        bench_row = _encode(bench) if bench is not None else None
         with self._lock:
             conn = self._db()
             if self.read_only:
@@ -357,6 +439,8 @@ class OutcomeStore:
                 conn.execute(_insert_sql("requests", request_row), request_row)
                 for row in attempt_rows:
                     conn.execute(_insert_sql("attempts", row), row)
+                if bench_row is not None:
+                    conn.execute(_insert_sql("bench_results", bench_row), bench_row)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
@@ -367,7 +451,45 @@ class OutcomeStore:
                     ) from exc
                 raise
 
+    def open_bench_run(self, run: BenchRun) -> BenchRun:
+        """Register ``run``, or return the run already registered under its id."""
+        row = _encode(run)
+        with self._lock:
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                existing = conn.execute("SELECT * FROM bench_runs WHERE run_id = ?", (run.run_id,)).fetchone()
+                if existing is None:
+                    conn.execute(_insert_sql("bench_runs", row), row)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"could not register bench run {run.run_id!r} in {self.path}: {exc}") from exc
+                raise
+        return BenchRun.model_validate(_decode(existing)) if existing is not None else run
+
+    def update_bench_run(self, run: BenchRun) -> None:
+        """Replace a registered run's description (used when a changed config is forced)."""
+        row = _encode(run)
+        sets = ", ".join(f"{k} = :{k}" for k in row if k != "run_id")
+        with self._lock:
+            try:
+                self._db().execute(f"UPDATE bench_runs SET {sets} WHERE run_id = :run_id", row)
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not update bench run {run.run_id!r} in {self.path}: {exc}") from exc
+
     # -- reading -----------------------------------------------------------
+
+    def get_bench_run(self, run_id: str) -> BenchRun | None:
+        rows = self._query("SELECT * FROM bench_runs WHERE run_id = ?", (run_id,))
+        return BenchRun.model_validate(_decode(rows[0])) if rows else None
+
+    def bench_results(self, run_id: str) -> list[BenchResult]:
+        """Every graded result of a run, in the order recorded."""
+        rows = self._query("SELECT * FROM bench_results WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return [BenchResult.model_validate(_decode(row)) for row in rows]
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
