@@ -15,6 +15,7 @@ attempt row before moving down the ladder.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -231,14 +232,31 @@ class TierClient:
         )
 
 
-def estimate_tokens(text: str) -> int:
-    """Token count with OpenAI's o200k BPE (``bpe-openai``); a bytes/3 bound if it is missing."""
+O200K_METHOD = "o200k_base via bpe-openai (tiktoken-compatible)"
+BYTES_METHOD = "ceil(UTF-8 bytes / 3) estimate (bpe-openai is not installed)"
+
+
+@functools.lru_cache(maxsize=1)
+def _o200k() -> Any:
     try:
         from bpe_openai import get_encoding
 
-        return len(get_encoding("o200k_base").encode(text))
+        return get_encoding("o200k_base")
     except Exception:  # noqa: BLE001 - the estimate must never fail a request
+        return None
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count with OpenAI's o200k BPE (``bpe-openai``, loaded once); a bytes/3 bound if it is missing."""
+    enc = _o200k()
+    if enc is None:
         return math.ceil(len(text.encode("utf-8")) / 3)
+    return len(enc.encode(text))
+
+
+def token_count_method() -> str:
+    """How :func:`estimate_tokens` counts, for reports."""
+    return O200K_METHOD if _o200k() is not None else BYTES_METHOD
 
 
 def clients_for(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, TierClient]:
