@@ -222,74 +222,204 @@ def serve_local_cmd(
         _fail(exc)
 
 
-DEMO_QUESTIONS = [
-    "What is 2 + 3?",
-    "What is 7 * 8?",
-    "Which is larger, 0.9 or 0.11?",
-    "What is 347 * 29?",
-    "Tom has 3 apples. He buys 5 more, then gives half of them to Ann. How many apples does Tom have left?",
-    "What is the capital of France?",
-]
+def comparison_table(results: dict[str, Any], title: str | None = None) -> Table:
+    """Arms, the graph and the baselines side by side."""
+    from .bench import comparison_rows
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("arm", "acc", "out tok", "p90", "$/query", "p50 s", "tok/ok", "esc"):
+        table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+    for r in comparison_rows(results):
+        def fmt(key: str, spec: str) -> str:
+            v = r.get(key)
+            return "-" if v is None else format(v, spec)
+
+        table.add_row(
+            Text(r["name"]), fmt("accuracy", ".2f"), fmt("mean_output_tokens", ".1f"), fmt("p90_output_tokens", ".0f"),
+            _money(Decimal(str(r.get("mean_cost_usd") or 0))), fmt("p50_latency_s", ".2f"), fmt("tokens_per_correct", ".0f"),
+            fmt("escalation_rate", ".0%"),
+        )
+    return table
+
+
+def _describe_tiers(cfg: Config) -> None:
+    enabled = cfg.enabled_tiers()
+    for name, tier in cfg.tiers.items():
+        state = "enabled" if name in enabled else "disabled (set OPENAI_API_KEY to enable)" if tier.api_key_env else "disabled"
+        where = "embedded llama.cpp server on 127.0.0.1" if tier.engine == "embedded" else tier.base_url
+        out.print(f"  tier [cyan]{name}[/]: {escape(tier.model)} via {tier.engine} ({where}) — {state}", highlight=False)
+
+
+def _run_bench(bench_obj: Any, json_out: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import write_run_file
+    from .report import write_report
+
+    write_run_file(bench_obj)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=json_out,
+    ) as progress:
+        task = progress.add_task("benchmark", total=None)
+
+        def on_progress(done: int, total: int, res: Any) -> None:
+            progress.update(task, completed=done, total=total, description=f"{res.arm:<14}")
+
+        results = bench_obj.run(on_progress)
+    results["meta"]["command"] = " ".join(["effreason", *sys.argv[1:]])
+    paths = write_report(results, bench_obj.out_dir)
+    results["_paths"] = {k: str(v) for k, v in paths.items()}
+    return results
 
 
 @app.command()
-def demo(config: Optional[Path] = ConfigOpt, json_out: bool = JsonOpt) -> None:
-    """Run questions of different difficulty through the graph and show arms, tokens, cost and confidence."""
-    from .graph import build_reasoning_graph
-    from .state import ReasoningContext
+def bench(
+    arm_args: Optional[list[str]] = typer.Argument(None, metavar="[ARM]...", help="More arms after --arms (tier:strategy)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="A built-in suite: builtin, arithmetic, decimal, coin, letters, dates, word, choice."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your items: GSM8K-style JSONL, multiple-choice JSONL/CSV, or generic JSONL."),
+    replay: Optional[str] = typer.Option(None, "--replay", help="Offline: a RouteLLM-style wide CSV, or 'store' for the newest benchmark run in the outcome store."),
+    weak: Optional[str] = typer.Option(None, "--weak", help="Replay: the weak model / arm."),
+    strong: Optional[str] = typer.Option(None, "--strong", help="Replay: the strong model / arm."),
+    arms: Optional[list[str]] = typer.Option(None, "--arms", help="Fixed arms to run, e.g. --arms small:direct small:cot."),
+    graph: bool = typer.Option(False, "--graph", help="Also run the full cost-aware graph."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the built-in generator."),
+    concurrency: int = typer.Option(2, "--concurrency", "-j", min=1, help="Items in flight at once."),
+    out_dir: Path = typer.Option(Path("out/bench"), "--out", help="Directory for results.json, report.md and the plots."),
+    force: bool = typer.Option(False, "--force", help="Continue a run in --out even though the config changed."),
+    on_error: str = typer.Option("skip", "--on-error", help="Malformed dataset lines: skip (reported) or refuse."),
+    json_out: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Measure arms and the graph on graded items (live), or a routing policy on logged outcomes (--replay).
+
+    Live runs are resumable: rerun the same command and only unfinished items run.
+    Without --arms/--graph, the usable escalation ladder and the graph are run.
+    """
+    from .bench import Bench, resolve_arms
+    from .tasks import load_dataset, load_suite
 
     try:
         cfg = _load(config)
-        enabled = cfg.enabled_tiers()
-        graph = build_reasoning_graph(cfg)
+        if replay is not None:
+            _replay(cfg, replay, weak, strong, out_dir, json_out)
+            return
+        if (suite is None) == (data is None):
+            raise EffReasonError("give exactly one of --suite NAME, --data FILE or --replay FILE")
+        if on_error not in ("skip", "refuse"):
+            raise EffReasonError("--on-error must be 'skip' or 'refuse'")
+        if suite is not None:
+            items = load_suite(suite, seed=seed, limit=limit)
+            name = suite
+        else:
+            assert data is not None
+            items = load_dataset(data, on_error=on_error, warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}"))  # type: ignore[arg-type]
+            items = items[:limit] if limit else items
+            name = data.name
+        arm_names = list(arms or []) + list(arm_args or [])
+        run_graph = graph or not arm_names
+        if not arm_names and not graph:
+            arm_names = [a.name for a in cfg.usable_ladder()]
+        b = Bench(cfg, items, resolve_arms(cfg, arm_names), graph=run_graph, suite=name, out_dir=out_dir,
+                  concurrency=concurrency, force=force)
+        results = _run_bench(b, json_out)
     except EffReasonError as exc:
         _fail(exc)
         return
-    if not json_out:
-        out.print(f"[bold]effreason demo[/] · config: {cfg.source} · outcome store: {cfg.store.resolved_path()}", highlight=False)
-        for name, tier in cfg.tiers.items():
-            state = "enabled" if name in enabled else "disabled (set OPENAI_API_KEY to enable)" if tier.api_key_env else "disabled"
-            where = "embedded llama.cpp server on 127.0.0.1" if tier.engine == "embedded" else tier.base_url
-            out.print(f"  tier [cyan]{name}[/]: {tier.model} via {tier.engine} ({where}) — {state}", highlight=False)
-        out.print(f"  ladder: {' → '.join(a.name for a in cfg.usable_ladder())}", highlight=False)
-    results = []
-    try:
-        for i, q in enumerate(DEMO_QUESTIONS, 1):
-            with err.status(f"question {i}/{len(DEMO_QUESTIONS)}: {escape(q)}", spinner="dots"):
-                res = graph.invoke({"question": q}, context=ReasoningContext())["result"]
-            results.append(res)
-            if not json_out:
-                out.print()
-                out.print(attempts_table(res, title=escape(f"{q}  [{res['difficulty']}]")))
-                out.print(
-                    f"→ answer [bold]{escape(str(res['answer']))}[/] · {res['status']} · {res['total_output_tokens']} output tokens"
-                    f" · {_money(res['total_cost_usd'])}",
-                    highlight=False,
-                )
-    except EffReasonError as exc:
-        _fail(exc)
     except KeyboardInterrupt:
-        err.print("interrupted: completed requests are logged, the current one is not")
+        err.print("interrupted: finished items are stored; run the same command again to resume")
         raise typer.Exit(130)
-    total_cost = sum((Decimal(r["total_cost_usd"]) for r in results), Decimal(0))
-    totals = {
-        "questions": len(results),
-        "attempts": sum(len(r["attempts"]) for r in results),
-        "escalated": sum(1 for r in results if r["escalated"]),
-        "total_output_tokens": sum(r["total_output_tokens"] for r in results),
-        "total_input_tokens": sum(r["total_input_tokens"] for r in results),
-        "total_cost_usd": float(total_cost),
-    }
+    _print_results(results, json_out)
+
+
+def _replay(cfg: Config, source: str, weak: Optional[str], strong: Optional[str], out_dir: Path, json_out: bool) -> None:
+    from .replay import load_store_table, load_wide_csv, replay
+    from .report import write_report
+
+    table = load_store_table(cfg.store.resolved_path()) if source == "store" else load_wide_csv(Path(source))
+    if not weak or not strong:
+        raise EffReasonError(f"--replay needs --weak and --strong; models in {table.source}: {', '.join(table.models)}")
+    results = replay(table, weak, strong, config=cfg)
+    results["meta"]["command"] = " ".join(["effreason", *sys.argv[1:]])
+    paths = write_report(results, out_dir)
+    results["_paths"] = {k: str(v) for k, v in paths.items()}
+    _print_results(results, json_out)
+
+
+def _print_results(results: dict[str, Any], json_out: bool) -> None:
+    paths = results.pop("_paths", {})
     if json_out:
-        print(json.dumps({"results": [result_json(r) for r in results], "totals": totals}, indent=2))
+        print(json.dumps(results, indent=2))
         return
-    out.print()
-    out.print(
-        f"[bold]totals[/]: {totals['questions']} questions · {totals['attempts']} attempts · {totals['escalated']} escalated · "
-        f"{totals['total_input_tokens']} input + {totals['total_output_tokens']} output tokens · {_money(total_cost)}",
-        highlight=False,
-    )
-    out.print("[dim]see them again with: effreason log tail[/]")
+    meta = results.get("meta", {})
+    out.print(comparison_table(results, title=f"{results['kind']} · {meta.get('suite')} · {meta.get('n_items')} items"))
+    if "two_arm" in results:
+        two = results["two_arm"]
+        t = Table(title=f"routing {two['weak']} → {two['strong']} (share of calls to the strong arm)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("policy", "APGR", "CPT(50%)", "CPT(80%)"):
+            t.add_column(col, justify="left" if col == "policy" else "right")
+        policies = {"random": results["baselines"].get("random", {}), "oracle": results["baselines"].get("oracle", {})}
+        if "router" in results:
+            policies[results["router"].get("name", "router")] = results["router"]
+        for name, m in policies.items():
+            def pct(v: Any) -> str:
+                return "—" if v is None else f"{v:.1%}"
+            apgr = m.get("apgr")
+            t.add_row(Text(name), "—" if apgr is None else f"{apgr:.3f}", pct(m.get("cpt50")), pct(m.get("cpt80")))
+        out.print(t)
+    for note in meta.get("notes", []):
+        out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+    for kind, path in paths.items():
+        out.print(f"{kind}: {path}", highlight=False)
+
+
+@app.command()
+def report(out_dir: Path = typer.Argument(..., help="A benchmark directory holding results.json.")) -> None:
+    """Re-render report.md and the plots of a benchmark directory from its results.json."""
+    from .report import render_report
+
+    try:
+        paths = render_report(out_dir)
+    except (EffReasonError, ValueError, OSError) as exc:
+        _fail(exc)
+        return
+    for kind, path in paths.items():
+        out.print(f"{kind}: {path}", highlight=False)
+
+
+@app.command()
+def demo(
+    limit: int = typer.Option(30, "--limit", min=1, help="Items of the built-in suite."),
+    out_dir: Path = typer.Option(Path("out/demo"), "--out", help="Where the report goes."),
+    concurrency: int = typer.Option(2, "--concurrency", "-j", min=1),
+    config: Optional[Path] = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """The main job: the graph and the fixed arms it chooses between, over a slice of the built-in suite."""
+    from .bench import Bench
+    from .tasks import load_suite
+
+    try:
+        cfg = _load(config)
+        ladder = cfg.usable_ladder()
+        if not json_out:
+            out.print(f"[bold]effreason demo[/] · config: {escape(cfg.source)} · outcome store: {cfg.store.resolved_path()}", highlight=False)
+            _describe_tiers(cfg)
+            out.print(f"  ladder: {' → '.join(a.name for a in ladder)}; the graph starts by difficulty and escalates "
+                      f"while confidence < {cfg.escalation.confidence_threshold}", highlight=False)
+            out.print(f"  running the built-in suite ({limit} items) through each ladder arm and the graph…", highlight=False)
+        b = Bench(cfg, load_suite("builtin", limit=limit), list(ladder), graph=True, suite=f"builtin[:{limit}]",
+                  out_dir=out_dir, concurrency=concurrency, fresh=True)
+        results = _run_bench(b, json_out)
+    except EffReasonError as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        err.print("interrupted: finished items are stored in the outcome store")
+        raise typer.Exit(130)
+    _print_results(results, json_out)
 
 
 def main() -> None:

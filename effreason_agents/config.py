@@ -141,18 +141,11 @@ class ArmConfig(_Model):
 
 class EscalationConfig(_Model):
     confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="escalate while confidence is below")
-    start_rung: dict[Difficulty, int] = Field(
-        default_factory=lambda: {"easy": 0, "medium": 1, "hard": 2},
-        description="ladder position the classifier starts at, per difficulty (clipped to the usable ladder)",
+    start_arm: dict[Difficulty, str] = Field(
+        default_factory=lambda: {"easy": "small:direct", "medium": "small:direct", "hard": "large:cod"},
+        description="the arm the classifier starts at, per difficulty; when that arm is not usable "
+        "(its tier disabled, the question too long for it) the request starts at the bottom of the ladder",
     )
-
-    @field_validator("start_rung")
-    @classmethod
-    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
-        for k, i in v.items():
-            if i < 0:
-                raise ValueError(f"start_rung.{k} must be >= 0")
-        return v
 
 
 class BudgetConfig(_Model):
@@ -198,6 +191,11 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
+        if "start_arm" in self.escalation.model_fields_set:  # names the user wrote must exist
+            names = [a.name for a in self.ladder]
+            for level, name in self.escalation.start_arm.items():
+                if name not in names:
+                    raise ValueError(f"escalation.start_arm.{level}: {name!r} is not on the ladder ({', '.join(names)})")
         for i, arm in enumerate(self.ladder):
             if arm.tier not in self.tiers:
                 raise ValueError(f"ladder[{i}]: unknown tier {arm.tier!r} (known: {', '.join(sorted(self.tiers))})")

@@ -201,7 +201,7 @@ class ReasoningNodes:
         self._threshold(runtime)
         difficulty, features = classify_difficulty(question)
         arms = self.plan_arms(question)
-        start = start_rung(difficulty, self.config.escalation.start_rung, len(arms))
+        start = start_rung(difficulty, self.config.escalation.start_arm, arms)
         rung, skipped = pick_arm(arms, start, budget, Spend())
         return {
             "question": question,

@@ -18,11 +18,16 @@ TIER_DOWN_KINDS = frozenset(
 )
 
 
-def start_rung(difficulty: Difficulty, start: Mapping[str, int], n_arms: int) -> int:
-    """The ladder position the classifier picks for ``difficulty``, clipped to the ladder."""
-    if n_arms <= 0:
+def start_rung(difficulty: Difficulty, start_arm: Mapping[str, str], arms: Sequence[Mapping[str, Any]]) -> int:
+    """The position of the arm the classifier picks for ``difficulty``; the bottom of the
+    ladder when that arm is not among the usable ``arms``."""
+    if not arms:
         raise ValueError("the ladder is empty")
-    return max(0, min(int(start.get(difficulty, 0)), n_arms - 1))
+    wanted = start_arm.get(difficulty)
+    for i, arm in enumerate(arms):
+        if arm["name"] == wanted:
+            return i
+    return 0
 
 
 def arm_fits(arm: Mapping[str, Any], budget: BudgetConfig, spent: Spend) -> str | None:

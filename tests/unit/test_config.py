@@ -255,8 +255,8 @@ def test_negative_budget(field: str) -> None:
     assert f"budget.{field}" in msg and "greater than 0" in msg
 
 
-def test_negative_start_rung_and_threshold_out_of_range() -> None:
-    assert "escalation.start_rung" in invalid(lambda d: d.update(escalation={"start_rung": {"hard": -1}}))
+def test_start_arm_off_the_ladder_and_threshold_out_of_range() -> None:
+    assert "escalation.start_arm.hard" in invalid(lambda d: d.update(escalation={"start_arm": {"hard": "big:cot"}}))
     assert "escalation.confidence_threshold" in invalid(lambda d: d.update(escalation={"confidence_threshold": 1.5}))
 
 
@@ -289,7 +289,7 @@ def test_confidence_threshold_overrides() -> None:
     cfg = load_config(environ={"EFFREASON__escalation__confidence_threshold": "0.9"})
     assert cfg.escalation.confidence_threshold == 0.9
     # the rest of the section keeps its defaults
-    assert cfg.escalation.start_rung == {"easy": 0, "medium": 1, "hard": 2}
+    assert cfg.escalation.start_arm == {"easy": "small:direct", "medium": "small:direct", "hard": "large:cod"}
 
 
 def test_generic_override_of_a_nested_price() -> None:

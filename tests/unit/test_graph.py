@@ -138,6 +138,7 @@ def make_config(
     budget: dict[str, Any] | None = None,
     small_tier: dict[str, Any] | None = None,
     large_tier: dict[str, Any] | None = None,
+    escalation: dict[str, Any] | None = None,
 ) -> Config:
     common = {"engine": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
     logprobs = {"logprobs": True, "top_logprobs": 2}
@@ -169,6 +170,7 @@ def make_config(
             },
             "ladder": list(ladder),
             "budget": budget or {},
+            "escalation": escalation or {},
             "store": {"path": str(store)},
         },
         source="test",
@@ -286,13 +288,13 @@ def test_low_confidence_everywhere_returns_the_most_confident(make_graph: Any) -
 
 
 def test_hard_question_starts_higher_on_the_ladder(make_graph: Any) -> None:
-    h = make_graph(large=[large_reply("12", 0.9)])
+    h = make_graph(large=[large_reply("12", 0.9)], escalation={"start_arm": {"hard": "large:cot"}})
     r = h.ask(
         "Janet has 16 eggs every day. She eats 3 for breakfast and bakes muffins with 4 more each day. "
         "She sells the remaining eggs at $2 each, so how much money does she make every day?"
     )
     assert r["difficulty"] == "hard"
-    assert r["arms_tried"] == ["large:cot"]  # start_rung hard=2, clipped to the 2-arm ladder
+    assert r["arms_tried"] == ["large:cot"]  # escalation.start_arm.hard
     assert h.small.calls == []
 
 

@@ -11,7 +11,6 @@ from effreason_agents.budget import Spend
 from effreason_agents.config import BudgetConfig
 from effreason_agents.routing import escalation_decision, final_choice, pick_arm, start_rung
 
-START = {"easy": 0, "medium": 1, "hard": 2}
 NO_LIMIT = BudgetConfig()
 
 
@@ -37,22 +36,24 @@ LADDER = [
 
 # -- start_rung -------------------------------------------------------------------------
 
+START_ARM = {"easy": "small:direct", "medium": "small:cot", "hard": "large:cod"}
+
 
 @pytest.mark.parametrize(
-    ("difficulty", "n_arms", "rung"),
-    [("easy", 4, 0), ("medium", 4, 1), ("hard", 4, 2), ("hard", 2, 1), ("hard", 1, 0), ("medium", 1, 0)],
+    ("difficulty", "arms", "rung"),
+    [("easy", LADDER, 0), ("medium", LADDER, 1), ("hard", LADDER, 2), ("hard", LADDER[:2], 0), ("medium", LADDER[:1], 0)],
 )
-def test_start_rung(difficulty: str, n_arms: int, rung: int) -> None:
-    assert start_rung(difficulty, START, n_arms) == rung  # type: ignore[arg-type]
+def test_start_rung(difficulty: str, arms: list[dict[str, str]], rung: int) -> None:
+    assert start_rung(difficulty, START_ARM, arms) == rung  # type: ignore[arg-type]
 
 
 def test_start_rung_defaults_to_the_bottom() -> None:
-    assert start_rung("hard", {"easy": 3}, 4) == 0
+    assert start_rung("hard", {"easy": "small:cot"}, LADDER) == 0
 
 
 def test_start_rung_empty_ladder() -> None:
     with pytest.raises(ValueError, match="empty"):
-        start_rung("easy", START, 0)
+        start_rung("easy", START_ARM, [])
 
 
 # -- pick_arm ---------------------------------------------------------------------------
