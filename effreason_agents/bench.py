@@ -10,6 +10,7 @@ directory; resuming it under a changed configuration is refused unless forced.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -35,6 +36,9 @@ from .tasks import TaskItem, check_answer
 
 class BenchError(EffReasonError, ValueError):
     """A benchmark cannot run as asked (unknown arm, changed config on resume, ...)."""
+
+
+WIDE_CSV = "outcomes_wide.csv"
 
 
 def valid_arm_names(config: Config) -> list[str]:
@@ -193,9 +197,41 @@ class Bench:
                         f.cancel()
                     raise
             rows = store.bench_results(self.run_id)
+            self.export_wide_csv(store, rows, self.out_dir / WIDE_CSV)
         finally:
             store.close()
         return self.results(rows)
+
+    def export_wide_csv(self, store: OutcomeStore, rows: Sequence[BenchResult], path: Path) -> int:
+        """The fixed arms' graded results as RouteLLM's wide CSV (``prompt``, one True/False
+        column per arm, ``<arm>_response`` with the raw reply), ready for ``bench --replay``.
+        Only items finished by every fixed arm are written. Returns the number of rows."""
+        fixed = [a.name for a in self.arms]
+        if not fixed:
+            return 0
+        by_key = {(r.item_id, r.arm): r for r in rows}
+        lines = []
+        for it in self.items:
+            if not all((it.id, a) in by_key for a in fixed):
+                continue
+            line: dict[str, Any] = {"prompt": it.question}
+            for a in fixed:
+                r = by_key[(it.id, a)]
+                attempts = store.attempts_for(r.request_id) if r.request_id else []
+                line[a] = "True" if r.correct else "False"
+                line[f"{a}_response"] = attempts[-1].raw_text if attempts else ""
+            lines.append(line)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=["prompt", *fixed, *(f"{a}_response" for a in fixed)])
+                writer.writeheader()
+                writer.writerows(lines)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(lines)
 
     # -- results ------------------------------------------------------------------------
     def results(self, rows: Sequence[BenchResult]) -> dict[str, Any]:

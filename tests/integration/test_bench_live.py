@@ -78,6 +78,20 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
     r = _bench(tmp_path, *args, "--limit", "5", "--force", env=changed)
     assert r.returncode == 0, r.stderr
 
+    # the fixed arms' results come out as a RouteLLM-style wide CSV, which replays offline
+    wide = out / "outcomes_wide.csv"
+    header = wide.read_text().splitlines()[0]
+    assert header == "prompt,small:direct,small:cot,small:direct_response,small:cot_response"
+    r = _bench(tmp_path, "--replay", str(wide), "--weak", "small:direct", "--strong", "small:cot",
+               "--out", str(tmp_path / "replay"), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["kind"] == "replay" and rep["meta"]["n_items"] == 5
+    assert "o200k" in rep["meta"]["token_count_method"]
+    if "two_arm" in rep:  # only when the two arms' accuracies differ
+        assert rep["baselines"]["random"]["apgr"] == pytest.approx(0.5)
+    assert (tmp_path / "replay" / "results.json").is_file()
+
     # effreason report re-renders from results.json alone
     (out / "report.md").unlink()
     (out / "frontier.png").unlink()
