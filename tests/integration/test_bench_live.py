@@ -91,6 +91,13 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
     if "two_arm" in rep:  # only when the two arms' accuracies differ
         assert rep["baselines"]["random"]["apgr"] == pytest.approx(0.5)
     assert (tmp_path / "replay" / "results.json").is_file()
+    # ... and so does the run straight from the outcome store
+    r = _bench(tmp_path, "--replay", "store", "--weak", "small:direct", "--strong", "small:cot",
+               "--out", str(tmp_path / "replay-store"), "--json")
+    assert r.returncode == 0, r.stderr
+    from_store = json.loads(r.stdout)
+    assert from_store["meta"]["n_items"] == 5
+    assert from_store["arms"]["small:direct"]["accuracy"] == rep["arms"]["small:direct"]["accuracy"]
 
     # effreason report re-renders from results.json alone
     (out / "report.md").unlink()
