@@ -6,6 +6,7 @@ models. Money is a decimal string (``"0.000123"``), never a summed float.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -428,57 +429,49 @@ class OutcomeStore:
         request_row = _encode(request)
         attempt_rows = [_encode(a, _ATTEMPT_RENAMES) for a in attempts]
         bench_row = _encode(bench) if bench is not None else None
+        with self._transaction(f"record request {rid!r}") as conn:
+            if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (rid,)).fetchone():
+                raise StoreError(f"request {rid!r} is already recorded in {self.path}; request ids must be unique")
+            conn.execute(_insert_sql("requests", request_row), request_row)
+            for row in attempt_rows:
+                conn.execute(_insert_sql("attempts", row), row)
+            if bench_row is not None:
+                conn.execute(_insert_sql("bench_results", bench_row), bench_row)
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), rolled back on any error,
+        Ctrl-C included; SQLite errors become :class:`StoreError` saying nothing was written."""
         with self._lock:
             conn = self._db()
             if self.read_only:
                 raise StoreError(f"outcome store {self.path} was opened read-only; open it without read_only to record")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (rid,)).fetchone():
-                    raise StoreError(f"request {rid!r} is already recorded in {self.path}; request ids must be unique")
-                conn.execute(_insert_sql("requests", request_row), request_row)
-                for row in attempt_rows:
-                    conn.execute(_insert_sql("attempts", row), row)
-                if bench_row is not None:
-                    conn.execute(_insert_sql("bench_results", bench_row), bench_row)
+                yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(
-                        f"could not record request {rid!r} in {self.path}: {exc}; nothing was written"
-                    ) from exc
+                    raise StoreError(f"could not {what} in {self.path}: {exc}; nothing was written") from exc
                 raise
 
     def open_bench_run(self, run: BenchRun) -> BenchRun:
         """Register ``run``, or return the run already registered under its id."""
         row = _encode(run)
-        with self._lock:
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                existing = conn.execute("SELECT * FROM bench_runs WHERE run_id = ?", (run.run_id,)).fetchone()
-                if existing is None:
-                    conn.execute(_insert_sql("bench_runs", row), row)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"could not register bench run {run.run_id!r} in {self.path}: {exc}") from exc
-                raise
+        with self._transaction(f"register bench run {run.run_id!r}") as conn:
+            existing = conn.execute("SELECT * FROM bench_runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            if existing is None:
+                conn.execute(_insert_sql("bench_runs", row), row)
         return BenchRun.model_validate(_decode(existing)) if existing is not None else run
 
     def update_bench_run(self, run: BenchRun) -> None:
         """Replace a registered run's description (used when a changed config is forced)."""
         row = _encode(run)
         sets = ", ".join(f"{k} = :{k}" for k in row if k != "run_id")
-        with self._lock:
-            try:
-                self._db().execute(f"UPDATE bench_runs SET {sets} WHERE run_id = :run_id", row)
-            except sqlite3.Error as exc:
-                raise StoreError(f"could not update bench run {run.run_id!r} in {self.path}: {exc}") from exc
+        with self._transaction(f"update bench run {run.run_id!r}") as conn:
+            conn.execute(f"UPDATE bench_runs SET {sets} WHERE run_id = :run_id", row)
 
     # -- reading -----------------------------------------------------------
 

@@ -6,8 +6,10 @@ skips them).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -41,3 +43,20 @@ def embedded_server(embedded_settings: EmbeddedConfig) -> Iterator[EmbeddedServe
         yield server
     finally:
         shutdown_embedded_servers()
+
+
+EFFREASON_CLI = [sys.executable, "-m", "effreason_agents.cli"]
+
+
+@pytest.fixture()
+def cli_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """Build the environment for an ``effreason`` subprocess: no OPENAI_*/EFFREASON* variables
+    from the caller, the outcome store in ``tmp_path``, plus ``extra``."""
+
+    def make(**extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EFFREASON"))}
+        env["EFFREASON_STORE"] = str(tmp_path / "outcomes.sqlite")
+        env.update(extra)
+        return env
+
+    return make

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,15 +16,8 @@ pytestmark = pytest.mark.integration
 EFFREASON = [sys.executable, "-m", "effreason_agents.cli"]
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EFFREASON"))}
-    env["EFFREASON_STORE"] = str(tmp_path / "outcomes.sqlite")
-    env.update(extra)
-    return env
-
-
-def _bench(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(EFFREASON + ["bench", *args], env=env or _env(tmp_path), cwd=tmp_path,
+def _bench(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(EFFREASON + ["bench", *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=400)
 
 
@@ -36,10 +29,13 @@ def _count(db: Path, sql: str) -> int:
         con.close()
 
 
-def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_path: Path) -> None:
+def test_bench_writes_every_report_file_and_resumes_without_double_counting(
+    tmp_path: Path, cli_env: Callable[..., dict[str, str]]
+) -> None:
+    env = cli_env()
     out = tmp_path / "out"
     args = ["--suite", "builtin", "--arms", "small:direct", "small:cot", "--graph", "--out", str(out)]
-    r = _bench(tmp_path, *args, "--limit", "3")
+    r = _bench(tmp_path, env, *args, "--limit", "3")
     assert r.returncode == 0, r.stderr
     for name in ("results.json", "report.md", "frontier.png", "run.json"):
         assert (out / name).is_file(), name
@@ -59,7 +55,7 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
     assert _count(db, "select count(*) from requests") == 9  # every bench row has its request
 
     # resume with a larger slice: only the 2 new items run, nothing is counted twice
-    r = _bench(tmp_path, *args, "--limit", "5")
+    r = _bench(tmp_path, env, *args, "--limit", "5")
     assert r.returncode == 0, r.stderr
     assert _count(db, "select count(*) from bench_results") == 15
     assert _count(db, "select count(*) from requests") == 15
@@ -67,22 +63,22 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
     assert res["graph"]["n"] == 5
 
     # the same command again runs nothing new
-    r = _bench(tmp_path, *args, "--limit", "5")
+    r = _bench(tmp_path, env, *args, "--limit", "5")
     assert r.returncode == 0, r.stderr
     assert _count(db, "select count(*) from bench_results") == 15
 
     # a changed config is refused, unless forced
-    changed = _env(tmp_path, EFFREASON_CONFIDENCE_THRESHOLD="0.9")
-    r = _bench(tmp_path, *args, "--limit", "5", env=changed)
+    changed = cli_env(EFFREASON_CONFIDENCE_THRESHOLD="0.9")
+    r = _bench(tmp_path, changed, *args, "--limit", "5")
     assert r.returncode != 0 and "--force" in r.stderr
-    r = _bench(tmp_path, *args, "--limit", "5", "--force", env=changed)
+    r = _bench(tmp_path, changed, *args, "--limit", "5", "--force")
     assert r.returncode == 0, r.stderr
 
     # the fixed arms' results come out as a RouteLLM-style wide CSV, which replays offline
     wide = out / "outcomes_wide.csv"
     header = wide.read_text().splitlines()[0]
     assert header == "prompt,small:direct,small:cot,small:direct_response,small:cot_response"
-    r = _bench(tmp_path, "--replay", str(wide), "--weak", "small:direct", "--strong", "small:cot",
+    r = _bench(tmp_path, env, "--replay", str(wide), "--weak", "small:direct", "--strong", "small:cot",
                "--out", str(tmp_path / "replay"), "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
@@ -92,7 +88,7 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
         assert rep["baselines"]["random"]["apgr"] == pytest.approx(0.5)
     assert (tmp_path / "replay" / "results.json").is_file()
     # ... and so does the run straight from the outcome store
-    r = _bench(tmp_path, "--replay", "store", "--weak", "small:direct", "--strong", "small:cot",
+    r = _bench(tmp_path, env, "--replay", "store", "--weak", "small:direct", "--strong", "small:cot",
                "--out", str(tmp_path / "replay-store"), "--json")
     assert r.returncode == 0, r.stderr
     from_store = json.loads(r.stdout)
@@ -102,18 +98,19 @@ def test_bench_writes_every_report_file_and_resumes_without_double_counting(tmp_
     # effreason report re-renders from results.json alone
     (out / "report.md").unlink()
     (out / "frontier.png").unlink()
-    r = subprocess.run(EFFREASON + ["report", str(out)], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(EFFREASON + ["report", str(out)], env=cli_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (out / "report.md").is_file() and (out / "frontier.png").is_file()
 
 
-def test_bench_refuses_bad_requests_before_any_model_call(tmp_path: Path) -> None:
-    r = _bench(tmp_path, "--suite", "builtin", "--arms", "small:nope", "--out", str(tmp_path / "o"))
+def test_bench_refuses_bad_requests_before_any_model_call(tmp_path: Path, cli_env: Callable[..., dict[str, str]]) -> None:
+    env = cli_env()
+    r = _bench(tmp_path, env, "--suite", "builtin", "--arms", "small:nope", "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "small:direct" in r.stderr  # the valid arms are listed
-    r = _bench(tmp_path, "--suite", "no-such-suite", "--out", str(tmp_path / "o"))
+    r = _bench(tmp_path, env, "--suite", "no-such-suite", "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "builtin" in r.stderr
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    r = _bench(tmp_path, "--data", str(empty), "--out", str(tmp_path / "o"))
+    r = _bench(tmp_path, env, "--data", str(empty), "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "empty" in r.stderr.lower()
     assert not (tmp_path / "outcomes.sqlite").exists() or _count(tmp_path / "outcomes.sqlite", "select count(*) from requests") == 0

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -18,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 EFFREASON = [sys.executable, "-m", "effreason_agents.cli"]
 
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EFFREASON"))}
-    env["EFFREASON_STORE"] = str(tmp_path / "outcomes.sqlite")
-    env.update(extra)
-    return env
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -72,8 +67,8 @@ def remote_server():
             proc.kill()
 
 
-def test_ask_json_end_to_end(tmp_path: Path) -> None:
-    r = _run(["ask", "What is 2 + 3?", "--json"], _env(tmp_path), tmp_path)
+def test_ask_json_end_to_end(tmp_path: Path, cli_env: Callable[..., dict[str, str]]) -> None:
+    r = _run(["ask", "What is 2 + 3?", "--json"], cli_env(), tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert set(doc) >= {"answer", "escalated", "total_cost_usd", "total_output_tokens", "attempts"}
@@ -99,13 +94,13 @@ def test_ask_json_end_to_end(tmp_path: Path) -> None:
         assert len(tokens) == out_tokens or len(tokens) == out_tokens - 1  # llama.cpp may omit the EOS token
         assert all(t["top"] and t["logprob"] <= 0 for t in tokens)
 
-    tail = _run(["log", "tail", "--json"], _env(tmp_path), tmp_path)
+    tail = _run(["log", "tail", "--json"], cli_env(), tmp_path)
     assert tail.returncode == 0, tail.stderr
     assert json.loads(tail.stdout)[0]["request_id"] == doc["request_id"]
 
 
-def test_escalation_reaches_remote_tier(tmp_path: Path, remote_server: str) -> None:
-    env = _env(tmp_path, OPENAI_API_KEY="sk-local-test", OPENAI_BASE_URL=remote_server)
+def test_escalation_reaches_remote_tier(tmp_path: Path, remote_server: str, cli_env: Callable[..., dict[str, str]]) -> None:
+    env = cli_env(OPENAI_API_KEY="sk-local-test", OPENAI_BASE_URL=remote_server)
     # threshold 1.0: no answer is ever confident enough, so the ladder is climbed to the top
     r = _run(["ask", "What is 4 + 4?", "--json", "--threshold", "1.0"], env, tmp_path)
     assert r.returncode == 0, r.stderr
@@ -122,9 +117,9 @@ def test_escalation_reaches_remote_tier(tmp_path: Path, remote_server: str) -> N
     assert doc["answer"] is not None
 
 
-def test_remote_tier_down_falls_back(tmp_path: Path) -> None:
+def test_remote_tier_down_falls_back(tmp_path: Path, cli_env: Callable[..., dict[str, str]]) -> None:
     closed = _free_port()  # nothing listens here
-    env = _env(tmp_path, OPENAI_API_KEY="sk-local-test", OPENAI_BASE_URL=f"http://127.0.0.1:{closed}/v1")
+    env = cli_env(OPENAI_API_KEY="sk-local-test", OPENAI_BASE_URL=f"http://127.0.0.1:{closed}/v1")
     # a hard question starts on the large tier, which is down: the request answers from the small tier
     q = ("A train leaves at 3 pm at 60 km per hour. A second train leaves the same station at 4 pm at 80 km per "
          "hour on the same track. How many hours after 4 pm does the second train catch up?")
@@ -142,8 +137,8 @@ def test_remote_tier_down_falls_back(tmp_path: Path) -> None:
     assert _rows(db, "select count(*) from requests") == [(1,)]
 
 
-def test_bad_questions_are_refused_before_any_model_call(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+def test_bad_questions_are_refused_before_any_model_call(tmp_path: Path, cli_env: Callable[..., dict[str, str]]) -> None:
+    env = cli_env()
     for q in ["", "   \n\t "]:
         r = _run(["ask", q, "--json"], env, tmp_path, timeout=60)
         assert r.returncode == 2 and "empty" in r.stderr
@@ -153,8 +148,8 @@ def test_bad_questions_are_refused_before_any_model_call(tmp_path: Path) -> None
     assert not (tmp_path / "outcomes.sqlite").exists() or _rows(tmp_path / "outcomes.sqlite", "select count(*) from requests") == [(0,)]
 
 
-def test_ctrl_c_leaves_no_half_written_rows(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+def test_ctrl_c_leaves_no_half_written_rows(tmp_path: Path, cli_env: Callable[..., dict[str, str]]) -> None:
+    env = cli_env()
     proc = subprocess.Popen(
         EFFREASON + ["ask", "Write a long step by step explanation of how to add 123 and 456.", "--threshold", "1.0"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
