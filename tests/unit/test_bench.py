@@ -1,0 +1,91 @@
+"""Benchmark bookkeeping without a model: arm names, run ids, aggregation of graded rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from effreason_agents.bench import Bench, BenchError, resolve_arms, run_id_for, single_arm_config
+from effreason_agents.config import config_from_data, default_config_data
+from effreason_agents.outcomes import BenchResult
+from effreason_agents.tasks import TaskItem
+
+
+def config(tmp_path: Path):  # noqa: ANN201
+    data = default_config_data({})
+    data["store"] = {"path": str(tmp_path / "o.sqlite")}
+    return config_from_data(data)
+
+
+def items(n: int) -> list[TaskItem]:
+    return [
+        TaskItem(id=f"i{i}", question=f"What is {i} + 1?", answer=str(i + 1), type="number", difficulty="easy",
+                 category="arithmetic")
+        for i in range(n)
+    ]
+
+
+def row(item: str, arm: str, correct: bool, tokens: int, **kw: object) -> BenchResult:
+    return BenchResult(run_id="r", item_id=item, arm=arm, question=f"q {item}", gold="1", answer_type="number",
+                       correct=correct, output_tokens=tokens, latency_s=0.1, **kw)
+
+
+def test_resolve_arms_lists_valid_names_and_dedupes(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert [a.name for a in resolve_arms(cfg, ["small:direct", "small:cot:64", "small:direct"])] == [
+        "small:direct", "small:cot:64"]
+    with pytest.raises(BenchError, match="small:direct"):
+        resolve_arms(cfg, ["small:nope"])
+    with pytest.raises(BenchError, match="valid arms"):
+        resolve_arms(cfg, ["large:cot"])  # the large tier is disabled without a key
+
+
+def test_single_arm_config_runs_one_arm(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    (arm,) = resolve_arms(cfg, ["small:cot"])
+    assert [a.name for a in single_arm_config(cfg, arm).ladder] == ["small:cot"]
+
+
+def test_run_id_is_stable_per_directory(tmp_path: Path) -> None:
+    assert run_id_for(tmp_path / "a") == run_id_for(tmp_path / "a") != run_id_for(tmp_path / "b")
+
+
+def test_empty_suite_and_nothing_to_run_are_errors(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with pytest.raises(BenchError, match="empty"):
+        Bench(cfg, [], resolve_arms(cfg, ["small:direct"]))
+    with pytest.raises(BenchError, match="nothing to run"):
+        Bench(cfg, items(2), [], graph=False)
+
+
+def test_results_aggregate_complete_items_only(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    b = Bench(cfg, items(3), resolve_arms(cfg, ["small:direct", "small:cot"]), graph=True, out_dir=tmp_path)
+    rows = [
+        row("i0", "small:direct", True, 5), row("i0", "small:cot", True, 100),
+        row("i1", "small:direct", False, 5), row("i1", "small:cot", True, 120),
+        row("i2", "small:direct", False, 6),  # i2 unfinished for cot and graph
+        row("i0", "graph", True, 5, attempts=1), row("i1", "graph", True, 125, attempts=2, escalated=True),
+    ]
+    res = b.results(rows)
+    assert res["meta"]["n_items"] == 2 and any("not finished" in n for n in res["meta"]["notes"])
+    assert res["arms"]["small:direct"]["accuracy"] == 0.5 and res["arms"]["small:cot"]["accuracy"] == 1.0
+    assert "escalation_rate" not in res["arms"]["small:direct"]
+    assert res["graph"]["escalation_rate"] == 0.5 and res["graph"]["mean_attempts"] == 1.5
+    # oracle: i0 by direct (5 tokens), i1 only cot is right (120)
+    assert res["baselines"]["oracle"]["accuracy"] == 1.0
+    assert res["baselines"]["oracle"]["mean_output_tokens"] == pytest.approx(62.5)
+    assert res["two_arm"]["weak"] == "small:direct" and res["two_arm"]["strong"] == "small:cot"
+    assert res["baselines"]["random"]["apgr"] == pytest.approx(0.5)
+    assert res["distributions"]["output_tokens"]["graph"] == [5, 125]
+    assert res["hull"]["x"] == "mean_output_tokens"  # every arm is free
+
+
+def test_no_routing_gain_when_the_cheapest_arm_is_best(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    b = Bench(cfg, items(2), resolve_arms(cfg, ["small:direct", "small:cot"]), graph=False, out_dir=tmp_path)
+    rows = [row("i0", "small:direct", True, 5), row("i0", "small:cot", False, 100),
+            row("i1", "small:direct", True, 5), row("i1", "small:cot", True, 90)]
+    res = b.results(rows)
+    assert "two_arm" not in res and any("no routing gain" in n for n in res["meta"]["notes"])
