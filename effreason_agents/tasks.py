@@ -1068,7 +1068,7 @@ def load_dataset(
         nonlocal skipped
         text = f"{p}:{line}: {message}"
         if on_error == "refuse":
-            raise DatasetError(text + " (use on_error='skip' to skip malformed lines)")
+            raise DatasetError(text + " (to skip malformed lines instead: --on-error skip, or on_error='skip')")
         skipped += 1
         if skipped <= _MAX_LINE_WARNINGS:
             report(text + "; line skipped")
