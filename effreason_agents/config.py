@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
-StrategyKind = Literal["direct", "cod", "cot"]
+StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot"]
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 Difficulty = Literal["easy", "medium", "hard"]
 
 DEFAULT_CONFIG_FILENAME = "effreason.toml"
@@ -51,7 +52,10 @@ class Capabilities(_Model):
     top_logprobs: int = Field(default=0, ge=0, le=20, description="most alternatives per token the endpoint returns")
     n: bool = Field(default=False, description="several choices per request (`n > 1`)")
     structured_outputs: bool = False
-    reasoning_effort: bool = False
+    reasoning_effort: bool = Field(default=False, description="accepts OpenAI's `reasoning_effort`")
+    thinking: bool = Field(default=False, description="an open reasoning model that writes a thinking section first")
+    thinking_end: str = Field(default="</think>", description="the marker that closes the thinking section")
+    thinking_token_budget: bool = Field(default=False, description="vLLM: accepts `thinking_token_budget`")
     assistant_prefill: bool = Field(
         default=False, description="continues a trailing assistant message instead of starting a new one"
     )
@@ -109,6 +113,14 @@ class StrategyConfig(_Model):
     kind: StrategyKind
     max_tokens: int = Field(gt=0, le=65536)
     word_limit: int = Field(default=5, ge=1, description="Chain of Draft: most words per draft step")
+    few_shot: bool = Field(default=False, description="cod/cot: add worked examples matching the question's answer type")
+    budget_tokens: int | None = Field(
+        default=None, gt=0, description="budget-cot: the N in 'use less than N tokens'; unset: the budget estimator picks N"
+    )
+    reasoning_effort: ReasoningEffort | None = Field(default=None, description="sent to tiers that accept it")
+    thinking_budget: int | None = Field(
+        default=None, gt=0, description="tokens a reasoning model may think before it must answer"
+    )
     temperature: float = Field(default=0.0, ge=0, le=2)
 
 
@@ -148,12 +160,29 @@ class EscalationConfig(_Model):
     )
 
 
-class BudgetConfig(_Model):
-    """Per-request limits; ``None`` means no limit."""
+class LimitConfig(_Model):
+    """Limits for one budget scope; ``None`` means no limit."""
 
     max_output_tokens: int | None = Field(default=None, gt=0)
     max_total_tokens: int | None = Field(default=None, gt=0)
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
+
+
+class BudgetConfig(LimitConfig):
+    """Per-request limits (the fields inherited from :class:`LimitConfig`), the limits of
+    each conversation thread and each user / API key, and how the graph spends them."""
+
+    thread: LimitConfig = Field(default_factory=LimitConfig, description="per conversation thread")
+    user: LimitConfig = Field(default_factory=LimitConfig, description="per user or API key")
+    ledger_path: str | None = Field(default=None, description="SQLite budget ledger; default: ledger.sqlite beside the store")
+    on_truncation: Literal["retry", "escalate"] = Field(
+        default="retry", description="a reply cut by its token cap: retry the arm with a larger cap, or escalate"
+    )
+    truncation_growth: float = Field(default=2.0, gt=1.0, le=8.0, description="retry cap = cap × this")
+    estimator: Literal["heuristic", "tale", "regressor"] = Field(
+        default="heuristic", description="how budget-cot picks its token budget"
+    )
+    regressor_path: str | None = Field(default=None, description="estimator = 'regressor': the fitted model file")
 
 
 class EmbeddedConfig(_Model):
@@ -220,6 +249,12 @@ class Config(_Model):
         if tier.engine == "embedded":
             return min(tier.context_window, self.embedded.n_ctx // self.embedded.n_parallel)
         return tier.context_window
+
+    def ledger_path(self) -> Path:
+        """The budget ledger's SQLite file: ``budget.ledger_path``, else beside the outcome store."""
+        if self.budget.ledger_path:
+            return Path(self.budget.ledger_path).expanduser()
+        return self.store.resolved_path().with_name("ledger.sqlite")
 
     def arm_max_tokens(self, arm: ArmConfig) -> int:
         return arm.max_tokens or self.strategies[arm.strategy].max_tokens
