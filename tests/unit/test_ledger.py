@@ -1,0 +1,355 @@
+"""Budget ledger: real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from effreason_agents.config import BudgetConfig, LimitConfig
+from effreason_agents.errors import EffReasonError
+from effreason_agents.ledger import (
+    BudgetExhausted,
+    BudgetLedger,
+    LedgerError,
+    Scope,
+    Usage,
+    from_micro,
+    to_micro,
+)
+
+REQ = Scope("request", "r1")
+THREAD = Scope("thread", "t1")
+USER = Scope("user", "u1")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with BudgetLedger(tmp_path / "ledger.sqlite") as led:
+        yield led
+
+
+def rows(path: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+# -- money and usage ------------------------------------------------------
+
+
+def test_to_micro_rounds_up_and_from_micro_is_exact() -> None:
+    assert to_micro("0.01") == 10_000
+    assert to_micro(Decimal("0.0000001")) == 1  # a tenth of a micro-dollar still counts
+    assert to_micro("0.0000010000001") == 2
+    assert to_micro("0.000001") == 1
+    assert to_micro(0) == 0
+    assert to_micro("-0.0000015") == -1  # ceil, towards +inf
+    assert from_micro(1500) == Decimal("0.0015")
+    assert str(from_micro(10_000)) == "0.010000"
+    assert from_micro(to_micro("1.234567")) == Decimal("1.234567")
+    with pytest.raises(TypeError):
+        to_micro(0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        to_micro("abc")
+    with pytest.raises(ValueError):
+        to_micro("NaN")
+
+
+def test_usage_arithmetic_and_validation() -> None:
+    a = Usage(output_tokens=10, total_tokens=30, micro_usd=5)
+    b = Usage(1, 2, 3)
+    assert a + b == Usage(11, 32, 8)
+    assert a + Usage() == a
+    assert sum([a, b], Usage()) == Usage(11, 32, 8)
+    assert Usage.from_usd(1, 2, "0.0000011") == Usage(1, 2, 2)
+    assert Usage(micro_usd=1500).cost_usd == Decimal("0.0015")
+    assert a.exceeds(Usage(10, 30, 4)) and not a.exceeds(a)
+    with pytest.raises(ValueError):
+        Usage(output_tokens=-1)
+    with pytest.raises(ValueError):
+        Usage(micro_usd=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Scope("session", "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Scope("thread", "")
+
+
+# -- limits and arithmetic ------------------------------------------------
+
+
+def test_schema_migrated_once(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with BudgetLedger(path) as led:
+        assert led.applied_migrations() == ["0001_ledger"]
+    with BudgetLedger(path) as led:  # reopening applies nothing twice
+        assert led.applied_migrations() == ["0001_ledger"]
+    assert rows(path, "PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_limits_roundtrip(ledger: BudgetLedger) -> None:
+    assert ledger.limits(THREAD) is None
+    ledger.set_limits(THREAD, LimitConfig(max_output_tokens=100, max_cost_usd=Decimal("0.01")))
+    assert ledger.limits(THREAD) == LimitConfig(max_output_tokens=100, max_cost_usd=Decimal("0.01"))
+    ledger.set_limits(THREAD, LimitConfig(max_total_tokens=7))  # upsert replaces
+    assert ledger.limits(THREAD) == LimitConfig(max_total_tokens=7)
+    with pytest.raises(ValueError, match="micro-dollar"):
+        ledger.set_limits(USER, LimitConfig(max_cost_usd=Decimal("0.0000001")))
+
+
+def test_reserve_commit_release_across_three_scopes(ledger: BudgetLedger) -> None:
+    ledger.set_limits(REQ, LimitConfig(max_output_tokens=100))
+    ledger.set_limits(THREAD, LimitConfig(max_total_tokens=1000))
+    ledger.set_limits(USER, LimitConfig(max_cost_usd=Decimal("0.0100")))
+    scopes = [REQ, THREAD, USER]
+    worst = Usage(output_tokens=60, total_tokens=400, micro_usd=4000)
+
+    assert ledger.reserve("a", scopes, worst) == "reserved"
+    for s in scopes:
+        assert ledger.reserved(s) == worst
+        assert ledger.spent(s) == Usage()
+    rem = ledger.remaining(USER)["max_cost_usd"]
+    assert rem == {"limit": "0.010000", "used": "0.000000", "reserved": "0.004000", "remaining": "0.006000"}
+
+    ledger.commit("a", Usage(output_tokens=20, total_tokens=300, micro_usd=3000))
+    for s in scopes:
+        assert ledger.spent(s) == Usage(20, 300, 3000)
+        assert ledger.reserved(s) == Usage()
+    assert ledger.remaining(REQ)["max_output_tokens"] == {"limit": 100, "used": 20, "reserved": 0, "remaining": 80}
+    assert ledger.remaining(REQ)["max_cost_usd"]["limit"] is None  # unlimited there
+    assert ledger.remaining(REQ)["max_cost_usd"]["remaining"] is None
+
+    # output tokens: 20 spent + 81 > 100 on the request scope
+    with pytest.raises(BudgetExhausted) as exc:
+        ledger.reserve("b", scopes, Usage(81, 10, 10))
+    assert (exc.value.scope, exc.value.limit, exc.value.needed, exc.value.remaining) == (REQ, "max_output_tokens", 81, 80)
+    # exactly up to the limit fits
+    assert ledger.reserve("b", scopes, Usage(80, 10, 10)) == "reserved"
+    ledger.release("b")
+    assert ledger.reserved(REQ) == Usage()
+
+    # total tokens: 300 spent + 701 > 1000 on the thread scope
+    with pytest.raises(BudgetExhausted) as exc:
+        ledger.reserve("c", scopes, Usage(1, 701, 1))
+    assert (exc.value.scope, exc.value.limit) == (THREAD, "max_total_tokens")
+    # dollars: 3000 spent + 7001 > 10000 micro on the user scope
+    with pytest.raises(BudgetExhausted) as exc:
+        ledger.reserve("c", scopes, Usage(1, 1, 7001))
+    assert (exc.value.scope, exc.value.limit) == (USER, "max_cost_usd")
+    assert exc.value.needed == Decimal("0.007001") and exc.value.remaining == Decimal("0.007")
+    assert ledger.reserve("c", scopes, Usage(1, 1, 7000)) == "reserved"
+
+    # outstanding reservations count against other requests on a shared scope
+    other = Scope("request", "r2")
+    with pytest.raises(BudgetExhausted) as exc:
+        ledger.reserve("d", [other, USER], Usage(micro_usd=1))
+    assert exc.value.scope == USER
+    ledger.release("c")
+    assert ledger.reserve("d", [other, USER], Usage(micro_usd=7000)) == "reserved"
+
+
+def test_over_limit_writes_nothing_and_message_is_user_facing(ledger: BudgetLedger, tmp_path: Path) -> None:
+    ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.0100")))
+    ledger.reserve("a", [REQ, THREAD], Usage(micro_usd=10_000))
+    ledger.commit("a", Usage(micro_usd=10_000))
+    before = rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservations")[0][0]
+    with pytest.raises(BudgetExhausted) as exc:
+        ledger.reserve("b", [Scope("request", "r2"), THREAD, USER], Usage(micro_usd=1000))
+    assert isinstance(exc.value, EffReasonError)
+    assert str(exc.value) == "the thread budget is spent: $0.0100 of $0.0100 used"
+    assert exc.value.scope == THREAD and exc.value.remaining == 0
+    assert rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservations")[0][0] == before
+    assert rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservation_scopes WHERE reservation_key='b'") == [(0,)]
+    assert ledger.status("b") is None
+    assert ledger.reserved(USER) == Usage()
+
+
+def test_nearly_spent_message(ledger: BudgetLedger) -> None:
+    ledger.set_limits(USER, LimitConfig(max_output_tokens=100))
+    ledger.reserve("a", [USER], Usage(output_tokens=90))
+    with pytest.raises(BudgetExhausted, match="user budget is nearly spent.*up to 20 output tokens.*only 10 output"):
+        ledger.reserve("b", [USER], Usage(output_tokens=20))
+
+
+def test_actual_above_worst_is_recorded_and_logged(ledger: BudgetLedger, caplog) -> None:
+    ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
+    ledger.reserve("a", [THREAD], Usage(micro_usd=1000))
+    with caplog.at_level("WARNING", logger="effreason_agents.ledger"):
+        ledger.commit("a", Usage(micro_usd=1200))
+    assert "exceeds" in caplog.text
+    assert ledger.spent(THREAD) == Usage(micro_usd=1200)
+    assert ledger.remaining(THREAD)["max_cost_usd"]["remaining"] == "0.008800"
+
+
+# -- idempotency ----------------------------------------------------------
+
+
+def test_reserve_twice_charges_once(ledger: BudgetLedger) -> None:
+    ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.0015")))
+    assert ledger.reserve("k", [THREAD], Usage(micro_usd=1000)) == "reserved"
+    assert ledger.reserve("k", [THREAD], Usage(micro_usd=1000)) == "reserved"  # would not fit if charged again
+    assert ledger.reserved(THREAD) == Usage(micro_usd=1000)
+
+
+def test_commit_twice_and_rerun_after_commit_charge_once(ledger: BudgetLedger) -> None:
+    ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.0015")))
+    ledger.reserve("k", [THREAD], Usage(micro_usd=1000))
+    ledger.commit("k", Usage(micro_usd=900))
+    ledger.commit("k", Usage(micro_usd=900))
+    ledger.commit("k", Usage(micro_usd=5))  # a re-run reporting other numbers changes nothing
+    assert ledger.spent(THREAD) == Usage(micro_usd=900)
+    # LangGraph re-runs the node: reserve returns "committed", nothing is held again
+    assert ledger.reserve("k", [THREAD], Usage(micro_usd=1000)) == "committed"
+    assert ledger.reserved(THREAD) == Usage()
+    assert ledger.spent(THREAD) == Usage(micro_usd=900)
+    ledger.release("k")  # releasing spent money is a no-op
+    assert ledger.status("k") == "committed" and ledger.spent(THREAD) == Usage(micro_usd=900)
+
+
+def test_release_rules(ledger: BudgetLedger) -> None:
+    ledger.reserve("k", [THREAD], Usage(micro_usd=10))
+    ledger.release("k")
+    ledger.release("k")  # no-op
+    ledger.release("never-reserved")  # no-op, safe in cleanup code
+    assert ledger.status("k") == "released"
+    with pytest.raises(LedgerError, match="released"):
+        ledger.commit("k", Usage(micro_usd=10))
+    with pytest.raises(LedgerError, match="no reservation"):
+        ledger.commit("unknown", Usage())
+    assert ledger.spent(THREAD) == Usage()
+    # a released key can be reserved afresh (e.g. a retry after a failed step)
+    assert ledger.reserve("k", [THREAD], Usage(micro_usd=20)) == "reserved"
+    assert ledger.reserved(THREAD) == Usage(micro_usd=20)
+
+
+# -- context manager and stale reservations --------------------------------
+
+
+def test_reservation_context_manager(ledger: BudgetLedger) -> None:
+    ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
+    with pytest.raises(RuntimeError, match="model down"):
+        with ledger.reservation("fail", [THREAD], Usage(micro_usd=5000)) as res:
+            assert ledger.reserved(THREAD) == Usage(micro_usd=5000)
+            raise RuntimeError("model down")
+    assert res.key == "fail" and ledger.status("fail") == "released"
+    assert ledger.reserved(THREAD) == Usage()
+
+    with ledger.reservation("noop", [THREAD], Usage(micro_usd=5000)):
+        pass  # neither committed nor raised
+    assert ledger.status("noop") == "released"
+
+    with ledger.reservation("ok", [THREAD], Usage(micro_usd=5000)) as res:
+        assert not res.already_committed
+        res.commit(Usage(micro_usd=4000))
+    assert ledger.status("ok") == "committed" and ledger.spent(THREAD) == Usage(micro_usd=4000)
+
+    with ledger.reservation("ok", [THREAD], Usage(micro_usd=5000)) as res:  # re-run of a paid step
+        assert res.already_committed
+    assert ledger.spent(THREAD) == Usage(micro_usd=4000) and ledger.reserved(THREAD) == Usage()
+
+    with pytest.raises(BudgetExhausted):
+        with ledger.reservation("big", [THREAD], Usage(micro_usd=7000)):
+            pytest.fail("body must not run when the budget cannot cover it")
+    assert ledger.status("big") is None
+
+
+def test_release_stale(ledger: BudgetLedger) -> None:
+    ledger.reserve("old", [THREAD], Usage(micro_usd=10))
+    ledger.reserve("done", [THREAD], Usage(micro_usd=10))
+    ledger.commit("done", Usage(micro_usd=10))
+    assert ledger.release_stale(3600) == 0  # nothing that old
+    assert ledger.status("old") == "reserved"
+    assert ledger.release_stale(60, now=time.time() + 120) == 1
+    assert ledger.status("old") == "released" and ledger.status("done") == "committed"
+    assert ledger.reserved(THREAD) == Usage() and ledger.spent(THREAD) == Usage(micro_usd=10)
+
+
+def test_configure_from_budget_config(ledger: BudgetLedger) -> None:
+    budget = BudgetConfig(
+        max_output_tokens=50, thread=LimitConfig(max_cost_usd=Decimal("0.02")), user=LimitConfig(max_total_tokens=9)
+    )
+    scopes = ledger.configure(budget, "r9", thread_id="t9", user_id="u9")
+    assert scopes == [Scope("request", "r9"), Scope("thread", "t9"), Scope("user", "u9")]
+    assert ledger.limits(scopes[0]) == LimitConfig(max_output_tokens=50)
+    assert ledger.limits(scopes[1]) == LimitConfig(max_cost_usd=Decimal("0.02"))
+    assert ledger.configure(budget, "r10") == [Scope("request", "r10")]
+
+
+def test_closed_ledger_raises(tmp_path: Path) -> None:
+    led = BudgetLedger(tmp_path / "l.sqlite")
+    led.close()
+    with pytest.raises(LedgerError, match="closed"):
+        led.spent(THREAD)
+    with pytest.raises(LedgerError, match="directory"):
+        BudgetLedger(tmp_path)
+
+
+# -- concurrency ----------------------------------------------------------
+
+N_REQUESTS = 50
+WORST = 1000  # micro-dollars: $0.001 per request at worst
+CAP = Decimal("0.0100")  # covers about 10 requests
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-ledger-per-thread", "shared-ledger"])
+def test_concurrent_requests_never_overspend(tmp_path: Path, shared: bool) -> None:
+    path = tmp_path / "ledger.sqlite"
+    thread = Scope("thread", "chat")
+    with BudgetLedger(path) as setup:
+        setup.set_limits(thread, LimitConfig(max_cost_usd=CAP))
+    shared_ledger = BudgetLedger(path) if shared else None
+    barrier = threading.Barrier(N_REQUESTS)
+    outcome: dict[int, str] = {}
+    committed_actual: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        led = shared_ledger or BudgetLedger(path)
+        rng = random.Random(i)
+        try:
+            barrier.wait()
+            scopes = [Scope("request", f"r{i}"), thread]
+            try:
+                led.reserve(f"req-{i}", scopes, Usage(micro_usd=WORST))
+            except BudgetExhausted as exc:
+                assert exc.scope == thread
+                outcome[i] = "exhausted"
+                return
+            time.sleep(rng.uniform(0, 0.005))  # the model call
+            actual = rng.randint(800, WORST)
+            led.commit(f"req-{i}", Usage(micro_usd=actual))
+            committed_actual[i] = actual
+            outcome[i] = "ran"
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            if shared_ledger is None:
+                led.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_REQUESTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    if shared_ledger is not None:
+        shared_ledger.close()
+    assert not errors, errors
+    assert len(outcome) == N_REQUESTS  # none lost (a dict key cannot be both)
+    ran = [i for i, o in outcome.items() if o == "ran"]
+    assert set(ran) == set(committed_actual)
+    assert len(ran) >= 9
+
+    with BudgetLedger(path) as led:
+        spent = led.spent(thread)
+        assert spent.micro_usd == sum(committed_actual.values())
+        assert spent.cost_usd <= CAP
+        assert led.reserved(thread) == Usage()
+        statuses = dict(rows(path, "SELECT key, status FROM reservations"))
+        assert statuses == {f"req-{i}": "committed" for i in ran}  # the refused left no row
