@@ -302,6 +302,9 @@ def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, A
             "direct": {"kind": "direct", "max_tokens": 24},
             "cod": {"kind": "cod", "max_tokens": 160, "word_limit": 5},
             "cot": {"kind": "cot", "max_tokens": 384},
+            "concise-cot": {"kind": "concise-cot", "max_tokens": 256},
+            "budget-cot": {"kind": "budget-cot", "max_tokens": 384},
+            "cod-fewshot": {"kind": "cod", "max_tokens": 160, "word_limit": 5, "few_shot": True},
         },
         "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
     }

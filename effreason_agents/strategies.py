@@ -12,6 +12,16 @@ A strategy is a prompt family plus an output-token cap and an answer parser:
     terse draft of at most ``word_limit`` words, final answer after ``####``.
 ``cot``
     Chain of thought: reason step by step, final answer after ``####``.
+``concise-cot``
+    Concise chain of thought (Renze & Guven 2024): step by step, "Be concise."
+``budget-cot``
+    TALE (Han et al. 2024): step by step "and use less than N tokens", N the
+    per-question budget the caller estimated (or the strategy's fixed one).
+
+``cod`` and ``cot`` with ``few_shot`` put two short worked examples, matched to
+the question's answer type (number, choice, yes/no, date, text), before the
+question as earlier user/assistant turns; CoD examples are terse drafts within
+the word limit. Every prompt but ``direct`` asks for the answer after ``####``.
 
 Answers are parsed from the text after the last ``####``, then after an
 "answer is" phrase, then the last number in the text (GSM8K convention).
@@ -40,6 +50,7 @@ class Prompt:
     messages: list[BaseMessage]
     stop: list[str]
     prefill: str = ""
+    budget_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,120 @@ class ParsedAnswer:
     method: str
 
 
-def build_prompt(strategy: StrategyConfig, question: str, capabilities: Capabilities) -> Prompt:
-    """The chat messages that ask ``question`` under ``strategy`` for a tier with ``capabilities``."""
+ANSWER_TYPES = ("number", "choice", "yesno", "date", "text")
+
+
+@dataclass(frozen=True)
+class _Example:
+    question: str
+    cot: str  # full reasoning, without the answer line
+    draft: tuple[str, ...]  # Chain of Draft steps, at most 3 words each
+    answer: str
+
+
+_EXAMPLES: dict[str, tuple[_Example, _Example]] = {
+    "number": (
+        _Example(
+            "Pens cost 3 dollars each. Mia buys 4 pens and pays with a 20-dollar bill. How much change does she get?",
+            "4 pens cost 4 × 3 = 12 dollars. She pays 20 dollars, so her change is 20 − 12 = 8 dollars.",
+            ("4*3=12", "20-12=8"),
+            "8",
+        ),
+        _Example(
+            "A train runs at 60 km per hour for 2.5 hours, then travels 40 km more. How far does it go in total?",
+            "In 2.5 hours at 60 km per hour it covers 60 × 2.5 = 150 km. With the last 40 km that is 150 + 40 = 190 km.",
+            ("60*2.5=150", "150+40=190"),
+            "190",
+        ),
+    ),
+    "choice": (
+        _Example(
+            "Which of these animals is a mammal?\nA) shark\nB) dolphin\nC) trout\nD) octopus",
+            "Sharks and trout are fish and an octopus is a mollusc. A dolphin breathes air and nurses its young, "
+            "so it is the mammal, option B.",
+            ("shark, trout: fish", "octopus: mollusc", "dolphin: mammal"),
+            "B",
+        ),
+        _Example(
+            "What is 15% of 80?\nA) 8\nB) 10\nC) 12\nD) 15",
+            "10% of 80 is 8 and 5% of 80 is 4, so 15% is 8 + 4 = 12, which is option C.",
+            ("10%=8, 5%=4", "8+4=12", "option C"),
+            "C",
+        ),
+    ),
+    "yesno": (
+        _Example(
+            "A coin is heads up. Ann flips it, then Bob flips it. Is the coin still heads up?",
+            "The coin starts heads up. Ann's flip turns it tails up and Bob's flip turns it back to heads up.",
+            ("start: heads", "Ann: tails", "Bob: heads"),
+            "yes",
+        ),
+        _Example(
+            "Is 91 a prime number?",
+            "91 = 7 × 13, so it has divisors other than 1 and itself and is not prime.",
+            ("91=7*13", "not prime"),
+            "no",
+        ),
+    ),
+    "date": (
+        _Example(
+            "Today is 02/27/2024. What is the date 3 days from today in MM/DD/YYYY?",
+            "2024 is a leap year, so February has 29 days. The 3 days after February 27 are February 28, "
+            "February 29 and March 1.",
+            ("2024: leap year", "Feb 28, 29", "then Mar 1"),
+            "03/01/2024",
+        ),
+        _Example(
+            "Yesterday was 12/31/2023. What is the date tomorrow in MM/DD/YYYY?",
+            "If yesterday was December 31, 2023, today is January 1, 2024, so tomorrow is January 2, 2024.",
+            ("today: 01/01/2024", "tomorrow: +1 day"),
+            "01/02/2024",
+        ),
+    ),
+    "text": (
+        _Example(
+            'Take the last letter of each word in "Grace Hopper" and join them.',
+            'The last letter of "Grace" is "e" and the last letter of "Hopper" is "r". Joined they give "er".',
+            ("Grace: e", "Hopper: r", "join: er"),
+            "er",
+        ),
+        _Example(
+            "Which planet is closest to the Sun?",
+            "In order from the Sun the planets are Mercury, Venus, Earth and Mars, so the closest is Mercury.",
+            ("order: Mercury first",),
+            "Mercury",
+        ),
+    ),
+}
+
+
+def few_shot_examples(kind: str, answer_type: str | None, word_limit: int = 5) -> list[BaseMessage]:
+    """Two worked examples for ``answer_type`` (unknown or ``None``: number) as alternating
+    user/assistant messages. ``kind`` "cod" writes terse drafts of at most ``word_limit``
+    words per step; anything else writes full reasoning. Each reply ends with ``#### <answer>``."""
+    examples = _EXAMPLES.get(answer_type or "number", _EXAMPLES["number"])
+    out: list[BaseMessage] = []
+    for ex in examples:
+        if kind == "cod":
+            body = "\n".join(" ".join(step.split()[:word_limit]) for step in ex.draft)
+        else:
+            body = ex.cot
+        out += [HumanMessage(ex.question), AIMessage(f"{body}\n{SEPARATOR} {ex.answer}")]
+    return out
+
+
+def build_prompt(
+    strategy: StrategyConfig,
+    question: str,
+    capabilities: Capabilities,
+    *,
+    answer_type: str | None = None,
+    budget_tokens: int | None = None,
+) -> Prompt:
+    """The chat messages that ask ``question`` under ``strategy`` for a tier with ``capabilities``.
+
+    ``answer_type`` picks the few-shot examples (``cod``/``cot`` with ``few_shot``);
+    ``budget_tokens`` is budget-cot's N (else ``strategy.budget_tokens``; neither: ValueError)."""
     q = question.strip()
     if strategy.kind == "direct":
         if capabilities.assistant_prefill:
@@ -76,20 +199,58 @@ def build_prompt(strategy: StrategyConfig, question: str, capabilities: Capabili
             ],
             stop=["\n\n"],
         )
+    final = f"'{SEPARATOR}' followed by the final answer only."
+    n: int | None = None
     if strategy.kind == "cod":
         system = (
             "Think step by step, but write only a minimal draft of each step, "
             f"at most {strategy.word_limit} words per step. "
-            f"After the draft, write '{SEPARATOR}' followed by the final answer only."
+            f"After the draft, write {final}"
         )
     elif strategy.kind == "cot":
-        system = (
-            "Think step by step and show your reasoning. "
-            f"Then write '{SEPARATOR}' followed by the final answer only."
-        )
+        system = f"Think step by step and show your reasoning. Then write {final}"
+    elif strategy.kind == "concise-cot":
+        system = f"Think step by step, but be concise. Then write {final}"
+    elif strategy.kind == "budget-cot":
+        n = budget_tokens if budget_tokens is not None else strategy.budget_tokens
+        if n is None:
+            raise ValueError("budget-cot needs a token budget: pass budget_tokens or set strategy.budget_tokens")
+        if n <= 0:
+            raise ValueError(f"budget-cot token budget must be positive, got {n}")
+        system = f"Think step by step and use less than {n} tokens. Then write {final}"
     else:  # pragma: no cover - guarded by the config's Literal
         raise ValueError(f"unknown strategy kind {strategy.kind!r}")
-    return Prompt(messages=[SystemMessage(system), HumanMessage(q)], stop=[])
+    shots: list[BaseMessage] = []
+    if strategy.few_shot and strategy.kind in ("cod", "cot"):
+        shots = few_shot_examples(strategy.kind, answer_type, strategy.word_limit)
+    return Prompt(messages=[SystemMessage(system), *shots, HumanMessage(q)], stop=[], budget_tokens=n)
+
+
+def output_cap(strategy: StrategyConfig, budget_tokens: int | None) -> int:
+    """The output-token cap of a call: for budget-cot with budget N, ``min(max_tokens,
+    max(2N, N + 32))`` (room for the answer after the reasoning); otherwise ``max_tokens``."""
+    if strategy.kind == "budget-cot":
+        n = budget_tokens if budget_tokens is not None else strategy.budget_tokens
+        if n is not None:
+            return min(strategy.max_tokens, max(2 * n, n + 32))
+    return strategy.max_tokens
+
+
+def split_thinking(text: str, end_marker: str = "</think>") -> tuple[str, str]:
+    """Split a reasoning model's reply into (thinking, answer part) at the last ``end_marker``.
+    Without the marker: a reply that opens a thinking section (``<think>``) is all thinking,
+    any other reply is all answer."""
+    opener = "<" + end_marker[2:] if end_marker.startswith("</") else ""
+    if end_marker and end_marker in text:
+        i = text.rindex(end_marker)
+        thinking, answer = text[:i].strip(), text[i + len(end_marker) :].strip()
+    elif opener and text.lstrip().startswith(opener):
+        thinking, answer = text.strip(), ""
+    else:
+        return "", text.strip()
+    if opener and thinking.startswith(opener):
+        thinking = thinking[len(opener) :].strip()
+    return thinking, answer
 
 
 def normalize_answer(text: str) -> str | None:

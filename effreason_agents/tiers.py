@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from .config import Config, TierConfig
 from .errors import EffReasonError, TierError
+from .strategies import SEPARATOR
 
 ONE_MILLION = Decimal(1_000_000)
+STOP_THINKING = f"Stop thinking and give the final answer after {SEPARATOR}."
 
 
 def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int) -> Decimal:
@@ -157,8 +159,19 @@ class TierClient:
         return estimate_tokens(text)
 
     # -- calls --------------------------------------------------------------------
-    def chat_model(self, *, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] | None = None, want_logprobs: bool = True) -> Any:
-        """The :class:`ChatOpenAI` configured for this tier and call."""
+    def chat_model(
+        self,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        want_logprobs: bool = True,
+        reasoning_effort: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The :class:`ChatOpenAI` configured for this tier and call. ``reasoning_effort`` is
+        sent only to tiers whose capabilities accept it (dropped otherwise); ``extra_body``
+        (vLLM-only fields) is merged over the tier's own, for engine ``vllm`` only."""
         from langchain_openai import ChatOpenAI
 
         caps = self.tier.capabilities
@@ -177,8 +190,12 @@ class TierClient:
             kwargs["logprobs"] = True
             if caps.top_logprobs:
                 kwargs["top_logprobs"] = caps.top_logprobs
-        if self.tier.engine == "vllm" and self.tier.extra_body:
-            kwargs["extra_body"] = dict(self.tier.extra_body)
+        if reasoning_effort and caps.reasoning_effort:
+            kwargs["reasoning_effort"] = reasoning_effort
+        if self.tier.engine == "vllm":
+            body = {**self.tier.extra_body, **(extra_body or {})}
+            if body:
+                kwargs["extra_body"] = body
         return ChatOpenAI(**kwargs)
 
     def complete(
@@ -190,9 +207,79 @@ class TierClient:
         stop: Sequence[str] | None = None,
         want_logprobs: bool = True,
         config: RunnableConfig | None = None,
+        reasoning_effort: str | None = None,
+        thinking_budget: int | None = None,
     ) -> Completion:
         """One chat completion. A trailing :class:`AIMessage` is an assistant prefill, sent
-        only to tiers that declare ``assistant_prefill`` (others get it dropped)."""
+        only to tiers that declare ``assistant_prefill`` (others get it dropped).
+
+        ``reasoning_effort`` goes to tiers that accept it. ``thinking_budget`` (tokens a
+        reasoning model may think) applies to tiers with ``capabilities.thinking``: vLLM
+        tiers with ``thinking_token_budget`` get it as a request field, others are run in
+        two phases (see :meth:`_two_phase`)."""
+        opts: dict[str, Any] = dict(
+            temperature=temperature, want_logprobs=want_logprobs, config=config, reasoning_effort=reasoning_effort
+        )
+        caps = self.tier.capabilities
+        if thinking_budget and caps.thinking:
+            if caps.thinking_token_budget and self.tier.engine == "vllm":
+                extra = {"thinking_token_budget": int(thinking_budget)}
+                return self._once(messages, max_tokens=max_tokens, stop=stop, extra_body=extra, **opts)
+            return self._two_phase(messages, budget=int(thinking_budget), max_tokens=max_tokens, stop=stop, **opts)
+        return self._once(messages, max_tokens=max_tokens, stop=stop, **opts)
+
+    def _two_phase(
+        self, messages: Sequence[BaseMessage], *, budget: int, max_tokens: int, stop: Sequence[str] | None, **opts: Any
+    ) -> Completion:
+        """Thinking budget without engine support: phase 1 thinks for at most ``budget``
+        tokens (stopped at the thinking end marker); unless it already holds the answer,
+        phase 2 continues after ``<phase-1 text><end marker>\\n`` (an assistant prefill, or
+        on tiers without prefill that turn plus a user message asking for the answer) with
+        the remaining ``max_tokens``. The merged :class:`Completion` has the full text, the
+        summed usage, cost and latency, and phase 2's logprobs and finish reason; its
+        ``prefill`` is the text before phase 2's output (what the logprobs do not cover)."""
+        caps = self.tier.capabilities
+        end = caps.thinking_end
+        first = self._once(messages, max_tokens=max(1, min(budget, max_tokens)), stop=[end], **opts)
+        if first.finish_reason != "length" and SEPARATOR in first.generated_text:
+            return first
+        remaining = max_tokens - first.output_tokens
+        if remaining <= 0:
+            return first
+        base = list(messages)
+        if base and isinstance(base[-1], AIMessage):
+            base = base[:-1]  # the caller's prefill is already at the start of first.text
+        thought = first.text + end + "\n"
+        if caps.assistant_prefill:
+            follow = [*base, AIMessage(thought)]
+        else:
+            follow = [*base, AIMessage(thought), HumanMessage(STOP_THINKING)]
+        second = self._once(follow, max_tokens=remaining, stop=stop, **opts)
+        text = second.text if caps.assistant_prefill else thought + second.text
+        return Completion(
+            text=text,
+            input_tokens=first.input_tokens + second.input_tokens,
+            output_tokens=first.output_tokens + second.output_tokens,
+            finish_reason=second.finish_reason,
+            latency_s=first.latency_s + second.latency_s,
+            model=second.model,
+            cost_usd=first.cost_usd + second.cost_usd,
+            logprobs=second.logprobs,
+            prefill=text[: len(text) - len(second.generated_text)],
+        )
+
+    def _once(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | None,
+        want_logprobs: bool,
+        config: RunnableConfig | None,
+        reasoning_effort: str | None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Completion:
         msgs = list(messages)
         prefill = ""
         if msgs and isinstance(msgs[-1], AIMessage):
@@ -202,7 +289,14 @@ class TierClient:
                 msgs = msgs[:-1]
         start = time.perf_counter()
         try:
-            llm = self.chat_model(max_tokens=max_tokens, temperature=temperature, stop=stop, want_logprobs=want_logprobs)
+            llm = self.chat_model(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=stop,
+                want_logprobs=want_logprobs,
+                **({"reasoning_effort": reasoning_effort} if reasoning_effort else {}),
+                **({"extra_body": extra_body} if extra_body else {}),
+            )
             msg = llm.invoke(msgs, config=config)
         except TierError:
             raise
