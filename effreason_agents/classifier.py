@@ -89,3 +89,12 @@ def classify_difficulty(question: str) -> tuple[Difficulty, dict[str, Any]]:
     f["score"] = score
     label: Difficulty = "easy" if score < 1.2 else "medium" if score < 3.0 else "hard"
     return label, f
+
+
+_ANSWER_TYPES = {"multiple_choice": "choice", "yes_no": "yesno", "open": "text"}
+
+
+def answer_type_of(question_type_name: str | None) -> str:
+    """The answer type a question type usually has (``number`` unless it is a choice,
+    yes/no or open question); strategies pick few-shot examples by it."""
+    return _ANSWER_TYPES.get(question_type_name or "", "number")

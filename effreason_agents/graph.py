@@ -42,7 +42,7 @@ def build_reasoning_graph(config: Config | None = None, *, services: Services | 
     g.add_node("log", nodes.log)
     g.add_edge(START, "classify")
     g.add_conditional_edges("classify", nodes.after_classify, ["solve", "finalize"])
-    g.add_edge("solve", "assess")
+    g.add_conditional_edges("solve", nodes.after_solve, ["assess", "finalize"])
     g.add_conditional_edges("assess", nodes.after_assess, ["escalate", "finalize"])
     g.add_conditional_edges("escalate", nodes.after_escalate, ["solve", "finalize"])
     g.add_edge("finalize", "log")
@@ -57,3 +57,11 @@ def ask(question: str, config: Config | None = None, *, context: ReasoningContex
     graph = graph or build_reasoning_graph(config)
     out = graph.invoke({"question": question}, context=context or ReasoningContext())
     return out["result"]
+
+
+def build_chat_graph(config: Config | None = None, **kwargs: Any) -> Any:
+    """The budget-capped chatbot: a messages graph with the reasoning graph as a subgraph,
+    a SQLite checkpointer and per-thread / per-user budgets (see :mod:`effreason_agents.chat`)."""
+    from .chat import build_chat_graph as _build
+
+    return _build(config, **kwargs)

@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -20,14 +21,15 @@ from langgraph.runtime import Runtime
 
 from . import __version__
 from .budget import Spend, effective_budget, worst_case_cost
-from .classifier import classify_difficulty
-from .config import Config
+from .classifier import answer_type_of, classify_difficulty
+from .config import Config, LimitConfig
 from .errors import ConfigError, EffReasonError, InvalidQuestionError, StoreError, TierError
 from .outcomes import AttemptRecord, OutcomeStore, RequestRecord, utc_now
-from .routing import TIER_DOWN_KINDS, escalation_decision, final_choice, pick_arm, start_rung
+from .routing import TIER_DOWN_KINDS, arm_fits, escalation_decision, final_choice, pick_arm, start_rung
 from .state import ReasoningContext, ReasoningState
-from .strategies import build_prompt, parse_answer
-from .tiers import TierClient, clients_for, estimate_tokens, format_usd
+from .strategies import build_prompt, output_cap, parse_answer
+from .ledger import BudgetExhausted, BudgetLedger, Scope, Usage
+from .tiers import TierClient, clients_for, cost_usd, estimate_tokens, format_usd
 from .uncertainty import compute_signals, heuristic_confidence
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Services:
     environ: Mapping[str, str] | None = None
     clients: dict[str, TierClient] = field(default_factory=dict)
     _store: OutcomeStore | None = None
+    _ledger: BudgetLedger | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -58,11 +61,21 @@ class Services:
                 self._store = OutcomeStore(self.config.store.resolved_path())
             return self._store
 
+    @property
+    def ledger(self) -> BudgetLedger:
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = BudgetLedger(self.config.ledger_path())
+            return self._ledger
+
     def close(self) -> None:
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
 
 
 def _ctx(runtime: Runtime[ReasoningContext] | None) -> ReasoningContext:
@@ -150,6 +163,58 @@ class ReasoningNodes:
     def _budget(self, runtime: Runtime[ReasoningContext] | None):  # noqa: ANN202
         return effective_budget(self.config.budget, _ctx(runtime).max_cost_usd)
 
+    # -- budgets ----------------------------------------------------------------------
+    def _open_scopes(self, request_id: str, ctx: ReasoningContext, budget: Any) -> list[list[str]]:
+        """Register the request's scopes in the ledger: the request with this run's limits;
+        the thread and user with the configured limits unless they already have their own
+        (a chatbot may have set a thread's budget)."""
+        ledger = self.services.ledger
+        ledger.set_limits(Scope("request", request_id), LimitConfig(
+            max_output_tokens=budget.max_output_tokens, max_total_tokens=budget.max_total_tokens,
+            max_cost_usd=budget.max_cost_usd))
+        scopes = [["request", request_id]]
+        for kind, key, limits in (("thread", ctx.thread_id, self.config.budget.thread),
+                                  ("user", ctx.user_id, self.config.budget.user)):
+            if key:
+                if ledger.limits(Scope(kind, key)) is None:
+                    ledger.set_limits(Scope(kind, key), limits)
+                scopes.append([kind, key])
+        return scopes
+
+    def _shared_left(self, scopes: list[list[str]]) -> list[tuple[Any, Spend]]:
+        """What is left of the thread's and user's budgets, as (limits, spent) pairs for routing."""
+        out: list[tuple[Any, Spend]] = []
+        for kind, key in scopes:
+            if kind == "request":
+                continue
+            left = self.services.ledger.remaining(Scope(kind, key))  # type: ignore[arg-type]
+
+            def value(name: str, money: bool = False) -> Any:
+                r = left.get(name, {}).get("remaining")
+                if r is None:
+                    return None
+                return Decimal(str(r)) if money else int(r)
+
+            out.append((SimpleNamespace(max_output_tokens=value("max_output_tokens"),
+                                        max_total_tokens=value("max_total_tokens"),
+                                        max_cost_usd=value("max_cost_usd", True)), Spend()))
+        return out
+
+    def _check_minimum(self, budget: Any, arms: list[dict[str, Any]]) -> None:
+        """A request budget smaller than the cheapest prompt can never answer: say so before any call."""
+        cheapest = min(cost_usd(self.config.tiers[a["tier"]], a["prompt_tokens"], 1) for a in arms)
+        if budget.max_cost_usd is not None and budget.max_cost_usd < cheapest:
+            raise ConfigError(
+                f"the request budget ${budget.max_cost_usd} is smaller than the cheapest arm's prompt cost "
+                f"${format_usd(cheapest)}; raise max_cost_usd"
+            )
+        fewest = min(a["prompt_tokens"] for a in arms) + 1
+        if budget.max_total_tokens is not None and budget.max_total_tokens < fewest:
+            raise ConfigError(
+                f"the request budget of {budget.max_total_tokens} total tokens is smaller than the shortest "
+                f"prompt ({fewest - 1} tokens) plus one output token; raise max_total_tokens"
+            )
+
     # -- classify ---------------------------------------------------------------------
     def plan_arms(self, question: str) -> list[dict[str, Any]]:
         """The usable ladder for ``question``: enabled tiers whose context fits it."""
@@ -201,11 +266,16 @@ class ReasoningNodes:
         self._threshold(runtime)
         difficulty, features = classify_difficulty(question)
         arms = self.plan_arms(question)
+        self._check_minimum(budget, arms)
+        request_id = state.get("request_id") or uuid.uuid4().hex
+        scopes = self._open_scopes(request_id, _ctx(runtime), budget)
         start = start_rung(difficulty, self.config.escalation.start_arm, arms)
-        rung, skipped = pick_arm(arms, start, budget, Spend())
+        rung, skipped = pick_arm(arms, start, budget, Spend(), extra=self._shared_left(scopes))
         return {
             "question": question,
-            "request_id": state.get("request_id") or uuid.uuid4().hex,
+            "request_id": request_id,
+            "scopes": scopes,
+            "retry": None,
             "started_at": utc_now(),
             "difficulty": difficulty,
             "features": features,
@@ -217,7 +287,7 @@ class ReasoningNodes:
             "decision": "solve" if rung is not None else "stop",
             "decision_reason": f"{difficulty} question: start at {arms[rung]['name']}"
             if rung is not None
-            else "budget exhausted: no arm fits the request budget",
+            else "budget exhausted: no arm fits what is left of the budget",
         }
 
     # -- solve ------------------------------------------------------------------------
@@ -228,7 +298,16 @@ class ReasoningNodes:
         attempts = list(state.get("attempts") or [])
         tier = self.config.tiers[arm["tier"]]
         strategy = self.config.strategies[arm["strategy"]]
-        prompt = build_prompt(strategy, state["question"], tier.capabilities)
+        retry = state.get("retry") or {}
+        max_tokens = int(retry.get("max_tokens") or arm["max_tokens"])
+        budget_tokens, budget_method = None, None
+        if strategy.kind == "budget-cot":
+            budget_tokens, budget_method = self._budget_tokens(state["question"], strategy)
+            max_tokens = max(max_tokens, output_cap(strategy, budget_tokens)) if retry else output_cap(strategy, budget_tokens)
+        prompt = build_prompt(
+            strategy, state["question"], tier.capabilities,
+            answer_type=answer_type_of((state.get("features") or {}).get("type")), budget_tokens=budget_tokens,
+        )
         attempt: dict[str, Any] = AttemptRecord(
             attempt_id=uuid.uuid4().hex,
             request_id=state["request_id"],
@@ -238,18 +317,38 @@ class ReasoningNodes:
             model=tier.model,
             engine=tier.engine,
             strategy=arm["strategy"],
-            max_tokens=arm["max_tokens"],
+            max_tokens=max_tokens,
+            retry_of=retry.get("of"),
+            budget_tokens=budget_tokens,
+            budget_method=budget_method,
         ).model_dump()
+        # Hold the worst case against every scope before the call; the key makes a re-executed
+        # node (retry, resumed interrupt) find its hold instead of charging twice.
+        ledger = self.services.ledger
+        key = f"{state['request_id']}:{attempt['index']}"
+        scopes = [Scope(k, v) for k, v in state.get("scopes") or [["request", state["request_id"]]]]  # type: ignore[arg-type]
+        worst = worst_case_cost(tier, arm["prompt_tokens"], max_tokens)
+        try:
+            ledger.reserve(key, scopes, Usage.from_usd(max_tokens, arm["prompt_tokens"] + max_tokens, worst))
+        except BudgetExhausted as exc:
+            return {"decision": "stop", "decision_reason": f"budget exhausted: {exc}", "retry": None}
         try:
             c = self.services.clients[arm["tier"]].complete(
                 prompt.messages,
-                max_tokens=arm["max_tokens"],
+                max_tokens=max_tokens,
                 temperature=strategy.temperature,
                 stop=prompt.stop,
+                reasoning_effort=strategy.reasoning_effort,
+                thinking_budget=strategy.thinking_budget,
             )
         except TierError as exc:
+            ledger.release(key)
             attempt.update(error=str(exc), error_kind=exc.kind, confidence_method=f"error: {exc.kind}")
-            return {"attempts": attempts + [attempt]}
+            return {"attempts": attempts + [attempt], "retry": None}
+        except BaseException:
+            ledger.release(key)
+            raise
+        ledger.commit(key, Usage.from_usd(c.output_tokens, c.input_tokens + c.output_tokens, c.cost_usd))
         parsed = parse_answer(c.text)
         signals = compute_signals(c.logprobs, len(c.prefill), parsed.span, c.finish_reason)
         attempt.update(
@@ -264,8 +363,20 @@ class ReasoningNodes:
             answer_method=parsed.method,
             raw_text=c.text,
             logprobs=[t.to_json() for t in c.logprobs] if c.logprobs else None,
+            truncated=c.finish_reason == "length",
         )
-        return {"attempts": attempts + [attempt]}
+        return {"attempts": attempts + [attempt], "retry": None}
+
+    def _budget_tokens(self, question: str, strategy: Any) -> tuple[int, str]:
+        """budget-cot's N: fixed in the strategy, else from the configured estimator."""
+        if strategy.budget_tokens:
+            return int(strategy.budget_tokens), "fixed (strategy.budget_tokens)"
+        from .estimator import estimate_budget
+
+        ladder = self.config.usable_ladder(self.services.environ)
+        cheapest = self.services.clients.get(ladder[0].tier) if ladder else None
+        est = estimate_budget(question, self.config.budget, client=cheapest)
+        return int(est.tokens), est.method
 
     # -- assess -----------------------------------------------------------------------
     def assess(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
@@ -289,13 +400,19 @@ class ReasoningNodes:
         if last.get("error") and last.get("error_kind") in TIER_DOWN_KINDS:
             down.add(last["tier"])
         current = state["rung"] or 0
+        retry = self._truncation_retry(state, runtime)
+        if retry is not None:
+            return {
+                "down_tiers": sorted(down), "retry": retry, "rung": current, "decision": "solve",
+                "decision_reason": f"retrying {state['arms'][current]['name']} with {retry['max_tokens']} tokens after truncation",
+            }
         # Escalate upwards; while nothing has answered yet (tiers failing), also fall back
         # to untried arms below, so the request still answers from what works.
         answered = any(not a.get("error") and a.get("answer") is not None for a in attempts)
         tried = {i for i, arm in enumerate(state["arms"]) if any(a["arm"] == arm["name"] for a in attempts)}
         rung, skipped = pick_arm(
             state["arms"], current + 1, self._budget(runtime), _spent(attempts), down,
-            allow_below=not answered, exclude=tried,
+            allow_below=not answered, exclude=tried, extra=self._shared_left(state.get("scopes") or []),
         )
         out: dict[str, Any] = {"down_tiers": sorted(down), "skipped": list(state.get("skipped") or []) + skipped}
         if rung is None:
@@ -313,6 +430,25 @@ class ReasoningNodes:
             out.update(rung=rung, decision="solve", decision_reason=f"escalating to {state['arms'][rung]['name']}")
         return out
 
+    def _truncation_retry(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any] | None:
+        """With ``on_truncation = "retry"``: the same arm once more with a larger cap, when the
+        last reply was cut off, was not itself a retry, and the larger call fits context and budget."""
+        last = state["attempts"][-1]
+        if self.config.budget.on_truncation != "retry" or not last.get("truncated") or last.get("retry_of") is not None:
+            return None
+        arm = state["arms"][state["rung"] or 0]
+        if arm["name"] != last["arm"]:
+            return None
+        window = self.config.context_window(arm["tier"])
+        grown = min(int(last["max_tokens"] * self.config.budget.truncation_growth), window - arm["prompt_tokens"])
+        if grown <= last["max_tokens"]:
+            return None
+        tier = self.config.tiers[arm["tier"]]
+        bigger = {**arm, "max_tokens": grown, "worst_case_cost_usd": format_usd(worst_case_cost(tier, arm["prompt_tokens"], grown))}
+        if arm_fits(bigger, self._budget(runtime), _spent(state["attempts"]), self._shared_left(state.get("scopes") or [])):
+            return None
+        return {"max_tokens": grown, "of": last["index"]}
+
     # -- finalize ---------------------------------------------------------------------
     def finalize(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
         attempts = state.get("attempts") or []
@@ -328,6 +464,7 @@ class ReasoningNodes:
             "final_attempt": idx,
             "final_tier": final["tier"] if final else None,
             "confidence": final.get("confidence") if final else None,
+            "truncated": bool(final.get("truncated")) if final else False,
             "difficulty": state.get("difficulty"),
             "escalated": len(attempts) > 1,
             "arms_tried": [a["arm"] for a in attempts],
@@ -357,6 +494,10 @@ class ReasoningNodes:
     @staticmethod
     def after_classify(state: ReasoningState) -> str:
         return "solve" if state.get("rung") is not None else "finalize"
+
+    @staticmethod
+    def after_solve(state: ReasoningState) -> str:
+        return "finalize" if state.get("decision") == "stop" else "assess"
 
     @staticmethod
     def after_assess(state: ReasoningState) -> str:

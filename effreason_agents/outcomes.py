@@ -69,6 +69,10 @@ class AttemptRecord(BaseModel):
     logprobs: list[dict[str, Any]] | None = Field(
         default=None, description="per generated token: token, logprob, top alternatives"
     )
+    truncated: bool = Field(default=False, description="the reply was cut by its token cap (finish_reason 'length')")
+    retry_of: int | None = Field(default=None, description="index of the truncated attempt this one retried")
+    budget_tokens: int | None = Field(default=None, description="budget-cot: the N in 'use less than N tokens'")
+    budget_method: str | None = Field(default=None, description="how that N was estimated")
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -237,10 +241,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0004_attempt_truncation_and_budget",
+        """
+        ALTER TABLE attempts ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE attempts ADD COLUMN retry_of INTEGER;
+        ALTER TABLE attempts ADD COLUMN budget_tokens INTEGER;
+        ALTER TABLE attempts ADD COLUMN budget_method TEXT;
+        """,
+    ),
 ]
 
 _JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta"})
-_BOOL_COLUMNS = frozenset({"escalated", "correct"})
+_BOOL_COLUMNS = frozenset({"escalated", "correct", "truncated"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 # Record field -> column name, where they differ (``index`` is an SQL keyword).
 _ATTEMPT_RENAMES = {"index": "attempt_index"}

@@ -30,9 +30,17 @@ def start_rung(difficulty: Difficulty, start_arm: Mapping[str, str], arms: Seque
     return 0
 
 
-def arm_fits(arm: Mapping[str, Any], budget: BudgetConfig, spent: Spend) -> str | None:
-    """``None`` when the planned arm's worst case fits the budget, otherwise why not."""
-    return fits(budget, spent, int(arm["prompt_tokens"]), int(arm["max_tokens"]), Decimal(arm["worst_case_cost_usd"]))
+def arm_fits(
+    arm: Mapping[str, Any], budget: BudgetConfig, spent: Spend, extra: Sequence[tuple[Any, Spend]] = ()
+) -> str | None:
+    """``None`` when the planned arm's worst case fits the budget (and every ``extra``
+    (limits, spent) pair, e.g. what is left of the thread's and the user's budgets),
+    otherwise why not."""
+    for limits, used in ((budget, spent), *extra):
+        why = fits(limits, used, int(arm["prompt_tokens"]), int(arm["max_tokens"]), Decimal(arm["worst_case_cost_usd"]))
+        if why is not None:
+            return why
+    return None
 
 
 def pick_arm(
@@ -44,6 +52,7 @@ def pick_arm(
     *,
     allow_below: bool = True,
     exclude: frozenset[int] | set[int] = frozenset(),
+    extra: Sequence[tuple[Any, Spend]] = (),
 ) -> tuple[int | None, list[str]]:
     """The first arm at or above ``start`` that is not on a failed tier, not in ``exclude``
     (arms already tried) and fits the budget; failing that (when ``allow_below``), the
@@ -60,7 +69,7 @@ def pick_arm(
         if arm["tier"] in down_tiers:
             skipped.append(f"{arm['name']}: tier {arm['tier']!r} failed earlier in this request")
             continue
-        why = arm_fits(arm, budget, spent)
+        why = arm_fits(arm, budget, spent, extra)
         if why is not None:
             skipped.append(f"{arm['name']}: over budget ({why})")
             continue
@@ -74,6 +83,8 @@ def escalation_decision(attempt: Mapping[str, Any], threshold: float) -> tuple[b
         return True, f"tier error: {attempt['error']}"
     if attempt.get("answer") is None:
         return True, "no answer could be parsed"
+    if attempt.get("truncated"):
+        return True, f"the reply was cut at its {attempt.get('max_tokens')}-token cap"
     conf = attempt.get("confidence")
     if conf is None:
         return False, "accepted: the tier returns no logprobs, so no confidence to act on"
@@ -85,19 +96,24 @@ def escalation_decision(attempt: Mapping[str, Any], threshold: float) -> tuple[b
 def final_choice(attempts: Sequence[Mapping[str, Any]], threshold: float) -> tuple[int | None, str]:
     """Which attempt's answer the request returns, and the request status.
 
-    The last attempt that meets the threshold (or has no confidence signal) is
-    ``answered``; otherwise the most confident attempt with an answer (later
-    arms win ties) is returned as ``low_confidence``; with no answer at all the
-    status is ``failed``.
+    The last complete attempt that meets the threshold (or has no confidence
+    signal) is ``answered``; otherwise the most confident attempt with an answer
+    (complete replies before truncated ones, later arms win ties) is returned as
+    ``low_confidence``; with no answer at all the status is ``failed``. A reply
+    cut by its token cap is never ``answered``.
     """
     for i in range(len(attempts) - 1, -1, -1):
         esc, _ = escalation_decision(attempts[i], threshold)
         if not esc:
             return i, "answered"
     best: int | None = None
+
+    def rank(a: Mapping[str, Any]) -> tuple[bool, float]:  # complete replies first, then confidence
+        return (not a.get("truncated"), a.get("confidence") or 0.0)
+
     for i, a in enumerate(attempts):
         if a.get("error") or a.get("answer") is None:
             continue
-        if best is None or (a.get("confidence") or 0.0) >= (attempts[best].get("confidence") or 0.0):
+        if best is None or rank(a) >= rank(attempts[best]):
             best = i
     return (best, "low_confidence") if best is not None else (None, "failed")

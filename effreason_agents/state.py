@@ -7,7 +7,9 @@ Keys (who writes them):
 
 ``question`` (input)
     the user's question.
-``request_id``, ``started_at``, ``difficulty``, ``features``, ``arms``, ``rung`` (classify)
+``request_id``, ``scopes``, ``started_at``, ``difficulty``, ``features``, ``arms``, ``rung`` (classify)
+    ``scopes`` are the budget-ledger scopes every call is held against: ``[kind, key]``
+    for the request, and the thread and user when the context names them.
     ``arms`` is the usable ladder for this question: one dict per arm with
     ``name``, ``tier``, ``model``, ``engine``, ``strategy``, ``max_tokens``,
     ``prompt_tokens`` and ``worst_case_cost_usd``; ``rung`` indexes the arm to run next
@@ -18,6 +20,8 @@ Keys (who writes them):
     ``"accept"``, ``"escalate"`` or ``"stop"``.
 ``down_tiers`` (escalate)
     tiers that failed in this request and are skipped.
+``retry`` (escalate, cleared by solve)
+    ``{"max_tokens", "of"}`` when a truncated reply is retried on the same arm with a larger cap.
 ``result`` (finalize)
     the answer and totals, see :func:`~effreason_agents.nodes.finalize`.
 ``logged`` (log)
@@ -39,6 +43,7 @@ class ReasoningInput(TypedDict):
 class ReasoningState(TypedDict, total=False):
     question: str
     request_id: str
+    scopes: list[list[str]]
     started_at: str
     difficulty: str
     features: dict[str, Any]
@@ -49,6 +54,7 @@ class ReasoningState(TypedDict, total=False):
     decision: str
     decision_reason: str
     down_tiers: list[str]
+    retry: dict[str, Any] | None
     result: dict[str, Any]
     logged: bool
 

@@ -8,6 +8,7 @@ scripted ``AIMessage``s with OpenAI-shaped logprobs, so each test controls the c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -394,8 +395,18 @@ def test_config_budget_applies_without_context(make_graph: Any) -> None:
 
 @pytest.mark.parametrize(
     ("budget", "context"),
-    [({}, {"max_cost_usd": "0.000001"}), ({"max_output_tokens": 10}, None), ({"max_total_tokens": 100}, None)],
+    [({}, {"max_cost_usd": "0.000001"}), ({"max_total_tokens": 100}, None)],
 )
+def test_budget_below_the_cheapest_prompt_is_an_error_before_any_call(
+    make_graph: Any, budget: dict[str, Any], context: Any
+) -> None:
+    h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.9)], budget=budget)
+    with pytest.raises(ConfigError, match="smaller than"):
+        h.ask(context=context)
+    assert h.small.calls == [] and h.large.calls == []
+
+
+@pytest.mark.parametrize(("budget", "context"), [({"max_output_tokens": 10}, None)])
 def test_budget_too_small_for_every_arm(make_graph: Any, budget: dict[str, Any], context: Any) -> None:
     h = make_graph(small=[small_reply("4", 0.9)], large=[large_reply("5", 0.9)], budget=budget)
     r = h.ask(context=context)
@@ -547,3 +558,70 @@ def test_state_is_json_plain_and_checkpoints(make_graph: Any) -> None:
     _json.dumps(out)  # every value is JSON-plain
     saved = graph.get_state(cfg).values
     assert saved["result"]["answer"] == "5" and len(saved["attempts"]) == 2
+
+
+# -- budgets across requests (the ledger) and truncation ---------------------------------
+
+
+def test_fifty_concurrent_requests_never_overspend_a_thread_cap(make_graph: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from effreason_agents.ledger import Scope
+
+    # small:direct's worst case is 101 prompt + 24 output tokens = $0.0000149; the cap covers ~10 of those
+    cap = Decimal("0.00015")
+    h = make_graph(small=[small_reply("5", 0.95) for _ in range(50)], budget={"thread": {"max_cost_usd": str(cap)}})
+    barrier = threading.Barrier(50)
+
+    def one(_: int) -> dict[str, Any]:
+        barrier.wait()
+        return h.ask(context={"thread_id": "shared"})
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    ran = [r for r in results if r["status"] == "answered"]
+    refused = [r for r in results if r["status"] == "budget_exhausted"]
+    assert len(ran) + len(refused) == 50  # each request either ran or was refused, none lost
+    assert all(r["attempts"] == [] and r["answer"] is None for r in refused)
+    assert len(ran) >= 10
+    spent = sum((Decimal(r["total_cost_usd"]) for r in ran), Decimal(0))
+    assert spent <= cap
+    # the ledger rounds each charge up to whole micro-dollars: never below the real spend, never over the cap
+    assert spent <= h.services.ledger.spent(Scope("thread", "shared")).cost_usd <= cap
+    assert h.large.calls == []
+
+
+def test_thread_budget_carries_across_requests_and_then_refuses(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.95) for _ in range(5)], budget={"thread": {"max_cost_usd": "0.00003"}})
+    statuses = [h.ask(context={"thread_id": "t"})["status"] for _ in range(5)]
+    # $0.0000056 per answer, $0.0000149 held per call: answers until the hold no longer fits
+    assert statuses[:2] == ["answered", "answered"] and statuses[-1] == "budget_exhausted"
+    other = h.ask(context={"thread_id": "another"})  # another thread has its own budget
+    assert other["status"] in ("answered", "failed")
+
+
+def test_truncated_reply_is_retried_with_a_larger_cap_and_marked(make_graph: Any) -> None:
+    cut = reply("4", 0.99, input_tokens=50, output_tokens=24, finish_reason="length", model="small-served")
+    h = make_graph(small=[cut, small_reply("5", 0.95)], ladder=("small:direct", "large:cot"),
+                   small_tier={"context_window": 4096})
+    r = h.ask()
+    first, second = r["attempts"]
+    assert first["truncated"] is True and second["retry_of"] == 0
+    assert second["max_tokens"] == 48 and h.small.settings[1]["max_tokens"] == 48
+    assert r["answer"] == "5" and r["status"] == "answered" and r["truncated"] is False
+    assert h.large.calls == []
+
+
+def test_truncation_escalates_when_configured(make_graph: Any) -> None:
+    cut = reply("4", 0.99, input_tokens=50, output_tokens=24, finish_reason="length", model="small-served")
+    h = make_graph(small=[cut], large=[large_reply("5", 0.95)], budget={"on_truncation": "escalate"})
+    r = h.ask()
+    assert [a["arm"] for a in r["attempts"]] == ["small:direct", "large:cot"]
+    assert r["answer"] == "5"
+
+
+def test_a_truncated_reply_is_never_answered(make_graph: Any) -> None:
+    cut = reply("4", 0.99, input_tokens=50, output_tokens=24, finish_reason="length", model="small-served")
+    h = make_graph(small=[cut], ladder=("small:direct",), budget={"on_truncation": "escalate"})
+    r = h.ask()
+    assert r["status"] == "low_confidence" and r["truncated"] is True
