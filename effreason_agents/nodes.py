@@ -216,7 +216,19 @@ class ReasoningNodes:
             )
 
     # -- classify ---------------------------------------------------------------------
-    def plan_arms(self, question: str) -> list[dict[str, Any]]:
+    def _prompt_tokens(self, client: TierClient, strategy_name: str, question: str, answer_type: str) -> int:
+        """Tokens of the whole prompt an arm sends (few-shot examples included), as the tier
+        counts them, plus a per-message allowance for the chat template."""
+        strategy = self.config.strategies[strategy_name]
+        try:
+            prompt = build_prompt(strategy, question, client.tier.capabilities, answer_type=answer_type,
+                                  budget_tokens=strategy.budget_tokens or strategy.max_tokens)
+            text = "\n".join(str(m.content) for m in prompt.messages)
+            return client.count_tokens(text) + 8 * len(prompt.messages)
+        except EffReasonError:
+            return 0  # the question-based estimate stands
+
+    def plan_arms(self, question: str, answer_type: str = "number") -> list[dict[str, Any]]:
         """The usable ladder for ``question``: enabled tiers whose context fits it."""
         ladder = self.config.usable_ladder(self.services.environ)
         if not ladder:
@@ -234,7 +246,7 @@ class ReasoningNodes:
                     log.warning("counting tokens on tier %r failed (%s); using an estimate", arm.tier, exc)
                     q_tokens = estimate_tokens(question)
                 counts[arm.tier] = q_tokens + PROMPT_OVERHEAD_TOKENS
-            prompt_tokens = counts[arm.tier]
+            prompt_tokens = max(counts[arm.tier], self._prompt_tokens(client, arm.strategy, question, answer_type))
             max_tokens = self.config.arm_max_tokens(arm)
             window = self.config.context_window(arm.tier)
             largest = max(largest, window)
@@ -265,7 +277,7 @@ class ReasoningNodes:
         budget = self._budget(runtime)  # validates the run's context before any model call
         self._threshold(runtime)
         difficulty, features = classify_difficulty(question)
-        arms = self.plan_arms(question)
+        arms = self.plan_arms(question, answer_type_of(features.get("type")))
         self._check_minimum(budget, arms)
         request_id = state.get("request_id") or uuid.uuid4().hex
         scopes = self._open_scopes(request_id, _ctx(runtime), budget)

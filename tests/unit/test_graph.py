@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from types import SimpleNamespace
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -625,3 +626,19 @@ def test_a_truncated_reply_is_never_answered(make_graph: Any) -> None:
     h = make_graph(small=[cut], ladder=("small:direct",), budget={"on_truncation": "escalate"})
     r = h.ask()
     assert r["status"] == "low_confidence" and r["truncated"] is True
+
+
+def test_re_executed_solve_node_never_charges_twice(make_graph: Any) -> None:
+    from effreason_agents.ledger import Scope
+    from effreason_agents.nodes import ReasoningNodes
+
+    h = make_graph(small=[small_reply("5", 0.95), small_reply("5", 0.95)])
+    nodes = ReasoningNodes(h.services)
+    ctx = SimpleNamespace(context={"thread_id": "t"})
+    state: dict[str, Any] = {"question": EASY}
+    state.update(nodes.classify(state, ctx))  # type: ignore[arg-type]
+    first = nodes.solve(state, ctx)  # type: ignore[arg-type]
+    again = nodes.solve(state, ctx)  # the same step re-run (a retry, a resumed interrupt)
+    assert first["attempts"][0]["index"] == again["attempts"][0]["index"] == 0
+    spent = h.services.ledger.spent(Scope("thread", "t"))
+    assert spent.output_tokens == 3  # one call's usage, not two
