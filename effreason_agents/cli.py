@@ -83,6 +83,9 @@ def result_json(result: dict[str, Any]) -> dict[str, Any]:
                 "confidence": a.get("confidence"),
                 "finish_reason": a.get("finish_reason"),
                 "answer": a.get("answer"),
+                "truncated": a.get("truncated", False),
+                "budget_tokens": a.get("budget_tokens"),
+                "budget_method": a.get("budget_method"),
                 "error": a.get("error"),
             }
             for a in result["attempts"]
@@ -553,6 +556,38 @@ def chat(
     finally:
         close_chat_graph(graph)
     show(f"bye · resume with: effreason chat --thread {thread_id}", "dim")
+
+
+budget_app = typer.Typer(help="Token budgets: fit the budget-cot estimator on logged outcomes.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+
+@budget_app.command("fit")
+def budget_fit(
+    out_file: Path = typer.Option(..., "--out", help="Where to write the fitted regressor (JSON)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only this benchmark run (default: every run)."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="Only this arm's answers, e.g. small:cot."),
+    json_out: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Fit the budget regressor (output tokens of correct answers vs question features) on the
+    graded results in the outcome store; use it with budget.estimator = "regressor"."""
+    from .estimator import BudgetRegressor, rows_from_store
+
+    try:
+        cfg = _load(config)
+        rows = rows_from_store(cfg.store.resolved_path(), run_id=run, arm=arm)
+        model = BudgetRegressor().fit(rows)
+        path = model.save(out_file)
+    except EffReasonError as exc:
+        _fail(exc)
+        return
+    summary = {"path": str(path), "rows": len(rows), "correct_rows_used": model.n_rows}
+    if json_out:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(f"fitted on {model.n_rows} correct answers (of {len(rows)} graded rows) → {path}", highlight=False)
+    out.print(escape(f'use it: [budget] estimator = "regressor", regressor_path = "{path}"'), highlight=False)
 
 
 def main() -> None:

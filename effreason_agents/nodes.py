@@ -282,7 +282,7 @@ class ReasoningNodes:
         request_id = state.get("request_id") or uuid.uuid4().hex
         scopes = self._open_scopes(request_id, _ctx(runtime), budget)
         start = start_rung(difficulty, self.config.escalation.start_arm, arms)
-        rung, skipped = pick_arm(arms, start, budget, Spend(), extra=self._shared_left(scopes))
+        rung, skipped = pick_arm(arms, start, budget, Spend(), extra=self._shared_left(scopes), below_first=True)
         return {
             "question": question,
             "request_id": request_id,

@@ -53,15 +53,18 @@ def pick_arm(
     allow_below: bool = True,
     exclude: frozenset[int] | set[int] = frozenset(),
     extra: Sequence[tuple[Any, Spend]] = (),
+    below_first: bool = False,
 ) -> tuple[int | None, list[str]]:
     """The first arm at or above ``start`` that is not on a failed tier, not in ``exclude``
     (arms already tried) and fits the budget; failing that (when ``allow_below``), the
-    nearest such arm below ``start``. Returns its index (or ``None``) and why each
-    skipped arm was skipped."""
+    nearest such arm below ``start`` (with ``below_first``, the arms below are tried
+    right after ``start``, before those above: as the budget shrinks, cheaper
+    strategies win). Returns its index (or ``None``) and why each skipped arm was skipped."""
     skipped: list[str] = []
-    order = list(range(start, len(arms)))
-    if allow_below:
-        order += list(range(min(start, len(arms)) - 1, -1, -1))
+    above = list(range(start, len(arms)))
+    below = list(range(min(start, len(arms)) - 1, -1, -1)) if allow_below else []
+    # below_first: when the start arm does not fit, the cheaper arms below it come before costlier ones above
+    order = above[:1] + below + above[1:] if below_first else above + below
     for i in order:
         if i in exclude:
             continue

@@ -89,3 +89,32 @@ def test_no_routing_gain_when_the_cheapest_arm_is_best(tmp_path: Path) -> None:
             row("i1", "small:direct", True, 5), row("i1", "small:cot", True, 90)]
     res = b.results(rows)
     assert "two_arm" not in res and any("no routing gain" in n for n in res["meta"]["notes"])
+
+
+def test_budget_fit_command_fits_on_graded_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json as _json
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from effreason_agents.cli import app
+    from effreason_agents.outcomes import BenchRun, OutcomeStore
+
+    store_path = tmp_path / "o.sqlite"
+    with OutcomeStore(store_path) as store:
+        store.open_bench_run(BenchRun(run_id="r", out_dir=str(tmp_path), suite="s", arms=["small:cot"], config_version="c"))
+    con = sqlite3.connect(store_path)
+    for i in range(12):
+        q = "What is " + " + ".join(str(n) for n in range(i + 2)) + "?"
+        con.execute(
+            "INSERT INTO bench_results (run_id, item_id, arm, question, gold, answer_type, correct, output_tokens, created_at)"
+            " VALUES ('r', ?, 'small:cot', ?, '1', 'number', 1, ?, 'now')", (f"i{i}", q, 20 + 15 * i))
+    con.commit()
+    con.close()
+    monkeypatch.setenv("EFFREASON_STORE", str(store_path))
+    out = tmp_path / "reg.json"
+    r = CliRunner().invoke(app, ["budget", "fit", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert _json.loads(r.output)["correct_rows_used"] == 12 and out.is_file()
+    r = CliRunner().invoke(app, ["budget", "fit", "--out", str(out), "--run", "nope"])
+    assert r.exit_code != 0

@@ -171,3 +171,11 @@ def test_final_choice_low_confidence_tie_goes_to_the_later_arm() -> None:
 )
 def test_final_choice_failed(attempts: list[dict[str, Any]]) -> None:
     assert final_choice(attempts, 0.5) == (None, "failed")
+
+
+def test_pick_arm_below_first_prefers_cheaper_arms_when_the_start_does_not_fit() -> None:
+    # output-token budget of 200: large:cod (160) would fit above, but the cheaper small:direct (24) below wins
+    b = BudgetConfig(max_output_tokens=200)
+    start_too_big = [*LADDER[:1], arm("small:cot", max_tokens=384), arm("large:cod", max_tokens=160, cost="0.0001")]
+    assert pick_arm(start_too_big, 1, b, Spend(), below_first=True)[0] == 0
+    assert pick_arm(start_too_big, 1, b, Spend())[0] == 2  # without it, upwards first
