@@ -33,6 +33,7 @@ from typing import Any, Literal, get_args
 
 from effreason_agents.config import BudgetConfig, LimitConfig
 from effreason_agents.errors import EffReasonError
+from effreason_agents.sqlite_base import SQLiteFile
 
 __all__ = [
     "MIGRATIONS",
@@ -276,7 +277,7 @@ class Reservation:
             self.status = "released"
 
 
-class BudgetLedger:
+class BudgetLedger(SQLiteFile):
     """Per-scope limits, reservations and spend in one SQLite file (WAL).
 
     One connection guarded by a lock, so an instance can be shared by threads;
@@ -284,6 +285,10 @@ class BudgetLedger:
     write lock (every check-and-write is one ``BEGIN IMMEDIATE`` transaction) and
     the busy timeout.
     """
+
+    kind = "budget ledger"
+    error = LedgerError
+    migrations = MIGRATIONS
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser()
@@ -312,64 +317,6 @@ class BudgetLedger:
         except BaseException:
             self.close()
             raise
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> BudgetLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise LedgerError(f"budget ledger {self.path} is closed; open it again")
-        return self._conn
-
-    def _migrate(self) -> None:
-        conn = self._db()
-        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")}
-        for name, statements in MIGRATIONS:
-            if name in applied:
-                continue
-            with self._transaction(f"apply migration {name}") as tx:
-                if tx.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone() is None:
-                    for statement in statements:
-                        tx.execute(statement)
-                    tx.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-
-    def applied_migrations(self) -> list[str]:
-        return [row["name"] for row in self._query("SELECT name FROM _migrations ORDER BY rowid")]
-
-    @contextlib.contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (nothing written)."""
-        with self._lock:
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise LedgerError(f"could not {what} in {self.path}: {exc}; nothing was written") from exc
-                raise
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise LedgerError(f"could not read budget ledger {self.path}: {exc}") from exc
 
     # -- limits ------------------------------------------------------------
 

@@ -6,7 +6,6 @@ models. Money is a decimal string (``"0.000123"``), never a summed float.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from effreason_agents.errors import StoreError
+from effreason_agents.sqlite_base import SQLiteFile
 
 __all__ = [
     "MIGRATIONS",
@@ -259,21 +259,6 @@ _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 _ATTEMPT_RENAMES = {"index": "attempt_index"}
 
 
-def _split_statements(sql: str) -> list[str]:
-    """Split a migration script into complete statements (semicolons in strings are safe)."""
-    statements: list[str] = []
-    buffer = ""
-    for part in sql.split(";"):
-        buffer += part + ";"
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \t\r\n;"):
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip(" \t\r\n;"):
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
-    return statements
-
-
 def _encode(model: BaseModel, renames: dict[str, str] | None = None) -> dict[str, Any]:
     renames = renames or {}
     row: dict[str, Any] = {}
@@ -317,7 +302,7 @@ def _insert_sql(table: str, row: dict[str, Any]) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
 
 
-class OutcomeStore:
+class OutcomeStore(SQLiteFile):
     """Requests and their attempts in one SQLite file (WAL, foreign keys on).
 
     One connection guarded by a lock, so an instance can be shared by the
@@ -325,6 +310,10 @@ class OutcomeStore:
     on the same file coordinate through SQLite's locks and the busy timeout.
     ``read_only=True`` never creates or migrates the file.
     """
+
+    kind = "outcome store"
+    error = StoreError
+    migrations = MIGRATIONS
 
     def __init__(self, path: str | Path, *, read_only: bool = False, timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser()
@@ -367,59 +356,13 @@ class OutcomeStore:
             self.close()
             raise
 
-    # -- lifecycle ---------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> OutcomeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"outcome store {self.path} is closed; open it again")
-        return self._conn
-
-    # -- schema ------------------------------------------------------------
-
-    def applied_migrations(self) -> list[str]:
-        """Names of the migrations applied to this file, in the order applied."""
-        with self._lock:
-            rows = self._db().execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()
-        return [row["name"] for row in rows]
-
-    def _migrate(self) -> None:
-        conn = self._db()
-        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")}
-        for name, sql in MIGRATIONS:
-            if name in applied:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have applied it while we waited for the lock.
-                if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone() is None:
-                    for statement in _split_statements(sql):
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, utc_now()))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"migration {name} failed on {self.path}: {exc}; the file was left unchanged") from exc
-
     def _check_schema(self) -> None:
         conn = self._db()
         has_table = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
         ).fetchone()
         applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
-        missing = [name for name, _ in MIGRATIONS if name not in applied]
+        missing = [name for name, _ in self.migrations if name not in applied]
         if missing:
             raise StoreError(
                 f"outcome store {self.path} lacks migrations {missing}; "
@@ -451,25 +394,6 @@ class OutcomeStore:
             if bench_row is not None:
                 conn.execute(_insert_sql("bench_results", bench_row), bench_row)
 
-    @contextlib.contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), rolled back on any error,
-        Ctrl-C included; SQLite errors become :class:`StoreError` saying nothing was written."""
-        with self._lock:
-            conn = self._db()
-            if self.read_only:
-                raise StoreError(f"outcome store {self.path} was opened read-only; open it without read_only to record")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"could not {what} in {self.path}: {exc}; nothing was written") from exc
-                raise
-
     def open_bench_run(self, run: BenchRun) -> BenchRun:
         """Register ``run``, or return the run already registered under its id."""
         row = _encode(run)
@@ -496,13 +420,6 @@ class OutcomeStore:
         """Every graded result of a run, in the order recorded."""
         rows = self._query("SELECT * FROM bench_results WHERE run_id = ? ORDER BY rowid", (run_id,))
         return [BenchResult.model_validate(_decode(row)) for row in rows]
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"could not read outcome store {self.path}: {exc}") from exc
 
     def count_requests(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM requests")[0]["n"])

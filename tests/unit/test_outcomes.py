@@ -86,7 +86,7 @@ def test_pending_migration_is_applied_on_open(tmp_path: Path, monkeypatch: pytes
     path = tmp_path / "outcomes.sqlite"
     open_store(path).close()
     extra = ("9999_test_extra_table", "CREATE TABLE test_extra (x TEXT); INSERT INTO test_extra VALUES ('a;b');")
-    monkeypatch.setattr("effreason_agents.outcomes.MIGRATIONS", [*MIGRATIONS, extra])
+    monkeypatch.setattr(OutcomeStore, "migrations", [*MIGRATIONS, extra])
     with open_store(path) as store:
         assert store.applied_migrations()[-1] == "9999_test_extra_table"
     with sqlite3.connect(path) as conn:
@@ -97,7 +97,7 @@ def test_failed_migration_rolls_back_and_is_not_recorded(tmp_path: Path, monkeyp
     path = tmp_path / "outcomes.sqlite"
     open_store(path).close()
     broken = ("9999_broken", "CREATE TABLE half_done (x TEXT); INSERT INTO no_such_table VALUES (1);")
-    monkeypatch.setattr("effreason_agents.outcomes.MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr(OutcomeStore, "migrations", [*MIGRATIONS, broken])
     with pytest.raises(StoreError, match="9999_broken"):
         open_store(path)
     with sqlite3.connect(path) as conn:
