@@ -34,6 +34,7 @@ def main() -> None:
     cfg = load_config()
     store = args.store or args.out / "outcomes.sqlite"
     # one call per item and strategy: a truncated reply is marked, not retried with a larger cap
+    # (a single-arm ladder has nothing to escalate to)
     cfg = cfg.model_copy(update={
         "store": cfg.store.model_copy(update={"path": str(store)}),
         "budget": cfg.budget.model_copy(update={"on_truncation": "escalate"}),

@@ -176,7 +176,8 @@ class BudgetConfig(LimitConfig):
     user: LimitConfig = Field(default_factory=LimitConfig, description="per user or API key")
     ledger_path: str | None = Field(default=None, description="SQLite budget ledger; default: ledger.sqlite beside the store")
     on_truncation: Literal["retry", "escalate"] = Field(
-        default="retry", description="a reply cut by its token cap: retry the arm with a larger cap, or escalate"
+        default="escalate",
+        description="a reply cut by its token cap: escalate to the next arm, or retry the arm once with a larger cap",
     )
     truncation_growth: float = Field(default=2.0, gt=1.0, le=8.0, description="retry cap = cap × this")
     estimator: Literal["heuristic", "tale", "regressor"] = Field(

@@ -47,6 +47,7 @@ def test_truncated_reply_is_retried_and_marked(tmp_path: Path, embedded_server: 
     data = default_config_data({})
     data["ladder"] = ["small:cot"]
     data["strategies"]["cot"]["max_tokens"] = 8  # far too few for a chain of thought
+    data["budget"] = {"on_truncation": "retry"}
     data["store"] = {"path": str(tmp_path / "outcomes.sqlite")}
     cfg = config_from_data(data)
     services = Services(cfg)

@@ -604,7 +604,7 @@ def test_thread_budget_carries_across_requests_and_then_refuses(make_graph: Any)
 def test_truncated_reply_is_retried_with_a_larger_cap_and_marked(make_graph: Any) -> None:
     cut = reply("4", 0.99, input_tokens=50, output_tokens=24, finish_reason="length", model="small-served")
     h = make_graph(small=[cut, small_reply("5", 0.95)], ladder=("small:direct", "large:cot"),
-                   small_tier={"context_window": 4096})
+                   small_tier={"context_window": 4096}, budget={"on_truncation": "retry"})
     r = h.ask()
     first, second = r["attempts"]
     assert first["truncated"] is True and second["retry_of"] == 0
