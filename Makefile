@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test test-unit test-integration install install-train clean
+.PHONY: demo test test-unit test-integration install install-train calibrators clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration -q
+
+# Re-create the calibrators shipped for the embedded model (built-in suite, about 30 min on 2 cores).
+calibrators: install
+	$(BIN)/effreason calibrate --suite builtin --tier small --out out/calibrate
+	cp out/calibrate/calibrators/*.json effreason_agents/calibrators/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

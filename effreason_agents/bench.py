@@ -198,9 +198,21 @@ class Bench:
                     raise
             rows = store.bench_results(self.run_id)
             self.export_wide_csv(store, rows, self.out_dir / WIDE_CSV)
+            confidences = self.first_confidences(store, rows)
         finally:
             store.close()
-        return self.results(rows)
+        return self.results(rows, confidences)
+
+    def first_confidences(self, store: OutcomeStore, rows: Sequence[BenchResult]) -> dict[tuple[str, str], tuple[float | None, str | None]]:
+        """(item, fixed arm) → the confidence its attempt got and how it was computed."""
+        fixed = {a.name for a in self.arms}
+        out: dict[tuple[str, str], tuple[float | None, str | None]] = {}
+        for r in rows:
+            if r.arm in fixed and r.request_id:
+                attempts = store.attempts_for(r.request_id)
+                if attempts:
+                    out[(r.item_id, r.arm)] = (attempts[0].confidence, attempts[0].confidence_method)
+        return out
 
     def export_wide_csv(self, store: OutcomeStore, rows: Sequence[BenchResult], path: Path) -> int:
         """The fixed arms' graded results as RouteLLM's wide CSV (``prompt``, one True/False
@@ -234,7 +246,9 @@ class Bench:
         return len(lines)
 
     # -- results ------------------------------------------------------------------------
-    def results(self, rows: Sequence[BenchResult]) -> dict[str, Any]:
+    def results(
+        self, rows: Sequence[BenchResult], confidences: Mapping[tuple[str, str], tuple[float | None, str | None]] | None = None
+    ) -> dict[str, Any]:
         from .metrics import cost_accuracy_hull, hull_area, many_arm_baselines, summarize, two_arm_summary
 
         ids = [it.id for it in self.items]
@@ -270,6 +284,11 @@ class Bench:
         for arm in self.arms:
             summary = {k: v for k, v in summarize(rows_of(arm.name)).items() if k not in graph_only}
             out["arms"][arm.name] = {**summary, "tier": arm.tier, "strategy": arm.strategy}
+            if confidences:
+                quality = confidence_quality([confidences.get((i, arm.name), (None, None)) for i in complete],
+                                             [by_arm[arm.name][i].correct for i in complete])
+                if quality:
+                    out["arms"][arm.name]["confidence"] = quality
         if self.graph:
             out["graph"] = {**summarize(rows_of(GRAPH_ARM)), "tier": "ladder", "strategy": "graph"}
         for arm in self.arm_names:
@@ -311,6 +330,27 @@ class Bench:
                         out["baselines"].setdefault(name, {}).update(two[name])
                     out["router"] = {"name": "heuristic-difficulty", **two["router"]}
         return out
+
+
+def confidence_quality(confs: Sequence[tuple[float | None, str | None]], correct: Sequence[bool]) -> dict[str, Any] | None:
+    """How well an arm's confidence predicts its correctness: AUROC, Brier and ECE (10 bins)
+    over the items that got a confidence, and how it was computed (calibrated or heuristic)."""
+    from .metrics import auroc, brier, ece
+
+    pairs = [(c, ok) for (c, _), ok in zip(confs, correct) if c is not None]
+    if not pairs:
+        return None
+    p = [c for c, _ in pairs]
+    y = [ok for _, ok in pairs]
+    methods = sorted({(m or "").split(" (")[0] for (c, m) in confs if c is not None and m})
+    a = auroc(p, y)
+    return {
+        "n": len(pairs),
+        "auroc": a if a == a else None,  # NaN (one class only) -> None
+        "brier": brier(p, y),
+        "ece": ece(p, y),
+        "methods": methods,
+    }
 
 
 def write_run_file(bench: Bench) -> None:

@@ -9,7 +9,9 @@ A calibrator is fitted offline per (tier, strategy) from logged outcomes by
      "features": ["answer_min_logprob", ...],
      "params": {...},
      "training": {"n", "positives", "data_sha256", "created_at"},
-     "metrics": {"auroc", "brier", "ece", ...}}
+     "metrics": {"auroc", "brier", "ece", ...},
+     "model": "SmolLM2-135M-Instruct",      # optional: the tier's model it was fitted on
+     "threshold": 0.42}                     # optional: the escalation threshold picked for a target
 
 ``logistic`` params: ``mean``, ``scale``, ``weights`` (one per feature) and
 ``intercept``; a feature is standardized as ``(x - mean) / scale`` and
@@ -48,7 +50,9 @@ __all__ = [
     "CalibratorError",
     "CalibratorSet",
     "CalibratorWarning",
+    "builtin_dir",
     "feature_value",
+    "load_calibrators",
 ]
 
 ARTIFACT_FORMAT = "effreason-calibrator"
@@ -138,6 +142,17 @@ class Calibrator:
         self.strategy: str = artifact["strategy"]
         self.kind: str = kind
         self.features: tuple[str, ...] = tuple(features)
+        model = artifact.get("model")
+        if model is not None and not isinstance(model, str):
+            raise CalibratorError(f"{source}: 'model' must be a string")
+        self.model: str | None = model
+        threshold = artifact.get("threshold")
+        if threshold is not None:
+            t = feature_value(threshold)
+            if t is None or isinstance(threshold, bool) or not 0.0 <= t <= 1.0:
+                raise CalibratorError(f"{source}: 'threshold' must be a number in [0, 1], got {threshold!r}")
+            threshold = t
+        self.threshold: float | None = threshold
         self.training: dict[str, Any] = dict(artifact.get("training") or {})
         self.metrics: dict[str, Any] = dict(artifact.get("metrics") or {})
         n = len(self.features)
@@ -280,3 +295,61 @@ class CalibratorSet(dict):
         if not cal.present_features(signals):
             return None, f"no calibrator features present in the signals ({', '.join(cal.features)})"
         return cal.predict(signals), cal.describe()
+
+
+BUILTIN = "builtin"
+OFF = "off"
+
+
+def builtin_dir() -> Path:
+    """The calibrators shipped with the package (fitted on the embedded model, built-in suite)."""
+    return Path(__file__).with_name("calibrators")
+
+
+def load_calibrators(config: Any, environ: Mapping[str, str] | None = None) -> CalibratorSet:
+    """The calibrators ``config.escalation.calibrators`` names, keeping only those that fit
+    the configuration: a known tier, the same model, features the tier can provide.
+
+    Anything unusable is skipped with a :class:`CalibratorWarning` (the graph then uses the
+    heuristic confidence for that tier and strategy); nothing here raises. Shipped
+    (``builtin``) calibrators fitted on another model are skipped quietly: they only
+    apply to the embedded default.
+    """
+    from .uncertainty import available_signals
+
+    where = config.escalation.calibrators
+    if where is None or str(where).strip().lower() in (OFF, "none", ""):
+        return CalibratorSet()
+    builtin = str(where).strip().lower() == BUILTIN
+    path = builtin_dir() if builtin else Path(str(where)).expanduser()
+    if builtin and not path.is_dir():
+        return CalibratorSet()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = CalibratorSet.load_dir(path)
+    for w in caught:
+        warnings.warn(str(w.message), CalibratorWarning, stacklevel=2)
+    out = CalibratorSet()
+    for key, cal in found.items():
+        tier = config.tiers.get(cal.tier)
+        if tier is None:
+            if not builtin:
+                warnings.warn(f"skipping calibrator {cal.source}: no tier {cal.tier!r} in the configuration",
+                              CalibratorWarning, stacklevel=2)
+            continue
+        if cal.model is not None and cal.model != tier.model:
+            if not builtin:
+                warnings.warn(
+                    f"skipping calibrator {cal.source}: fitted on model {cal.model!r}, tier {cal.tier!r} "
+                    f"serves {tier.model!r}; refit it with 'effreason calibrate'",
+                    CalibratorWarning, stacklevel=2)
+            continue
+        strategy = config.strategies.get(cal.strategy)
+        sc = strategy is not None and strategy.kind == "sc"
+        try:
+            cal.check_features(available_signals(tier.capabilities.logprobs, tier.capabilities.top_logprobs, sc))
+        except CalibratorError as exc:
+            warnings.warn(f"skipping calibrator: {exc}", CalibratorWarning, stacklevel=2)
+            continue
+        out[key] = cal
+    return out

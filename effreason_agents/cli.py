@@ -81,6 +81,10 @@ def result_json(result: dict[str, Any]) -> dict[str, Any]:
                 "cost_usd": float(Decimal(a["cost_usd"])),
                 "latency_s": a["latency_s"],
                 "confidence": a.get("confidence"),
+                "confidence_method": a.get("confidence_method"),
+                "threshold": a.get("threshold"),
+                "samples": a.get("samples"),
+                "samples_cap": a.get("samples_cap"),
                 "finish_reason": a.get("finish_reason"),
                 "answer": a.get("answer"),
                 "truncated": a.get("truncated", False),
@@ -167,6 +171,20 @@ def ask(
     )
     if result.get("reason"):
         out.print(f"[dim]{escape(result['reason'])}[/]", highlight=False)
+    for line in confidence_lines(result):
+        out.print(Text(line, style="dim"))
+
+
+def confidence_lines(result: dict[str, Any]) -> list[str]:
+    """How each attempt's confidence was computed, and what an sc arm drew."""
+    lines = []
+    for i, a in enumerate(result["attempts"]):
+        if a.get("confidence_method"):
+            t = a.get("threshold")
+            lines.append(f"#{i} confidence: {a['confidence_method']}" + (f" · threshold {t:.2f}" if t is not None else ""))
+        if a.get("samples_cap"):
+            lines.append(f"#{i} samples: {len(a.get('samples') or [])} drawn of at most {a['samples_cap']}")
+    return lines
 
 
 @log_app.command("tail")
@@ -253,17 +271,34 @@ def _describe_tiers(cfg: Config) -> None:
         out.print(f"  tier [cyan]{name}[/]: {escape(tier.model)} via {tier.engine} ({where}) — {state}", highlight=False)
 
 
-def _run_bench(bench_obj: Any, json_out: bool) -> dict[str, Any]:
+def _load_items(suite: Optional[str], data: Optional[Path], seed: int, limit: Optional[int], on_error: str) -> tuple[list[Any], str]:
+    """Graded items from a built-in suite or a dataset file, and the run's name for them."""
+    from .tasks import load_dataset, load_suite
+
+    if on_error not in ("skip", "refuse"):
+        raise EffReasonError("--on-error must be 'skip' or 'refuse'")
+    if suite is not None:
+        return load_suite(suite, seed=seed, limit=limit), suite
+    assert data is not None
+    items = load_dataset(data, on_error=on_error, warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}"))  # type: ignore[arg-type]
+    return (items[:limit] if limit else items), data.name
+
+
+def _progress(json_out: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=json_out,
+    )
+
+
+def _run_bench(bench_obj: Any, json_out: bool) -> dict[str, Any]:
     from .bench import write_run_file
     from .report import write_report
 
     write_run_file(bench_obj)
-    with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=json_out,
-    ) as progress:
+    with _progress(json_out) as progress:
         task = progress.add_task("benchmark", total=None)
 
         def on_progress(done: int, total: int, res: Any) -> None:
@@ -301,7 +336,6 @@ def bench(
     Without --arms/--graph, the usable escalation ladder and the graph are run.
     """
     from .bench import Bench, resolve_arms
-    from .tasks import load_dataset, load_suite
 
     try:
         cfg = _load(config)
@@ -310,16 +344,7 @@ def bench(
             return
         if (suite is None) == (data is None):
             raise EffReasonError("give exactly one of --suite NAME, --data FILE or --replay FILE")
-        if on_error not in ("skip", "refuse"):
-            raise EffReasonError("--on-error must be 'skip' or 'refuse'")
-        if suite is not None:
-            items = load_suite(suite, seed=seed, limit=limit)
-            name = suite
-        else:
-            assert data is not None
-            items = load_dataset(data, on_error=on_error, warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}"))  # type: ignore[arg-type]
-            items = items[:limit] if limit else items
-            name = data.name
+        items, name = _load_items(suite, data, seed, limit, on_error)
         arm_names = list(arms or []) + list(arm_args or [])
         run_graph = graph or not arm_names
         if not arm_names and not graph:
@@ -556,6 +581,60 @@ def chat(
     finally:
         close_chat_graph(graph)
     show(f"bye · resume with: effreason chat --thread {thread_id}", "dim")
+
+
+@app.command()
+def calibrate(
+    suite: Optional[str] = typer.Option(None, "--suite", help="A built-in suite (e.g. builtin) to calibrate on."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Or your graded items: GSM8K-style JSONL, multiple-choice JSONL/CSV, generic JSONL."),
+    tier: str = typer.Option("small", "--tier", help="The tier whose confidence is calibrated."),
+    strategies: Optional[list[str]] = typer.Option(None, "--strategy", help="Strategies to calibrate (repeatable); default: the tier's strategies on the ladder."),
+    strong: Optional[str] = typer.Option(None, "--strong", help="The arm the cascade escalates to; default: the top of the ladder on another tier (else the top arm)."),
+    max_escalation_rate: Optional[float] = typer.Option(None, "--max-escalation-rate", help="Target: escalate at most this share of queries."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Target: the cheapest threshold reaching this accuracy."),
+    holdout: float = typer.Option(0.3, "--holdout", help="Share of items held out for scoring (split by item)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the built-in generator and of the split."),
+    concurrency: int = typer.Option(2, "--concurrency", "-j", min=1, help="Items in flight at once."),
+    out_dir: Path = typer.Option(Path("out/calibrate"), "--out", help="Directory for the artifacts and the report."),
+    force: bool = typer.Option(False, "--force", help="Continue a run in --out even though the config changed."),
+    on_error: str = typer.Option("skip", "--on-error", help="Malformed dataset lines: skip (reported) or refuse."),
+    json_out: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Fit calibrated confidence for a tier: run its arms on graded items, fit P(correct) from the uncertainty signals, and print AUROC/ECE per signal and combined on held-out items, with the threshold trade-off curve (escalation rate, accuracy, cost) of the cascade.
+
+    The artifacts go to OUT/calibrators/; to use them, set the escalation.calibrators setting to that directory. Without a target the most accurate threshold is picked (the cheapest on ties). Runs resume like `effreason bench`.
+    """
+    from router_training.calibration_run import CalibrationPlan, calibrate as run_calibration, render_markdown
+
+    try:
+        cfg = _load(config)
+        if (suite is None) == (data is None):
+            raise EffReasonError("give exactly one of --suite NAME or --data FILE")
+        if max_escalation_rate is not None and min_accuracy is not None:
+            raise EffReasonError("give at most one target: --max-escalation-rate or --min-accuracy")
+        items, name = _load_items(suite, data, seed, limit, on_error)
+        plan = CalibrationPlan(cfg, items, tier, list(strategies or []), strong, out_dir, suite=name, holdout=holdout,
+                               seed=seed, max_escalation_rate=max_escalation_rate, min_accuracy=min_accuracy,
+                               concurrency=concurrency, force=force)
+        with _progress(json_out) as progress:
+            task = progress.add_task("calibration runs", total=None)
+            report_ = run_calibration(
+                plan, lambda done, total, res: progress.update(task, completed=done, total=total, description=f"{res.arm:<14}"))
+    except EffReasonError as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        err.print("interrupted: finished items are stored; run the same command again to resume")
+        raise typer.Exit(130)
+    if json_out:
+        print(json.dumps(report_, indent=2))
+        return
+    from rich.markdown import Markdown
+
+    out.print(Markdown(render_markdown(report_)))
+    out.print(f"report: {out_dir / 'calibration.md'}", highlight=False)
 
 
 budget_app = typer.Typer(help="Token budgets: fit the budget-cot estimator on logged outcomes.", no_args_is_help=True)

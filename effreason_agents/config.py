@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
-StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot"]
+StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot", "sc"]
+SamplePrompt = Literal["direct", "cod", "cot", "concise-cot"]
 ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 Difficulty = Literal["easy", "medium", "hard"]
 
@@ -122,6 +123,21 @@ class StrategyConfig(_Model):
         default=None, gt=0, description="tokens a reasoning model may think before it must answer"
     )
     temperature: float = Field(default=0.0, ge=0, le=2)
+    samples: int = Field(default=8, ge=1, le=64, description="sc: the most samples drawn (the cap)")
+    sample_prompt: SamplePrompt = Field(default="cod", description="sc: the prompt family each sample uses")
+    stop_rule: Literal["beta", "esc", "fixed"] = Field(
+        default="beta",
+        description="sc: when the majority is settled: 'beta' (Adaptive-Consistency), 'esc' (a unanimous "
+        "window), 'fixed' (always draw every sample)",
+    )
+    stop_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="sc, beta rule: P(majority is the mode)")
+    esc_window: int = Field(default=4, ge=2, le=64, description="sc, esc rule: samples per window")
+
+    @model_validator(mode="after")
+    def _sc_needs_temperature(self) -> "StrategyConfig":
+        if self.kind == "sc" and self.temperature <= 0:
+            raise ValueError("an sc strategy needs temperature > 0 (with 0 every sample is the same)")
+        return self
 
 
 class ArmConfig(_Model):
@@ -151,8 +167,22 @@ class ArmConfig(_Model):
         return f"{base}:{self.max_tokens}" if self.max_tokens else base
 
 
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
+
+
 class EscalationConfig(_Model):
-    confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="escalate while confidence is below")
+    confidence_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="escalate while confidence is below; unset: the threshold fitted into the attempt's "
+        f"calibrator, or {DEFAULT_CONFIDENCE_THRESHOLD} for the heuristic confidence",
+    )
+    calibrators: str | None = Field(
+        default="builtin",
+        description="calibrated confidence: 'builtin' (the artifacts shipped for the embedded model), a directory "
+        "of artifacts written by 'effreason calibrate', or 'off' for the heuristic confidence",
+    )
     start_arm: dict[Difficulty, str] = Field(
         default_factory=lambda: {"easy": "small:direct", "medium": "small:direct", "hard": "large:cod"},
         description="the arm the classifier starts at, per difficulty; when that arm is not usable "
@@ -306,6 +336,7 @@ def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, A
             "concise-cot": {"kind": "concise-cot", "max_tokens": 256},
             "budget-cot": {"kind": "budget-cot", "max_tokens": 384},
             "cod-fewshot": {"kind": "cod", "max_tokens": 160, "word_limit": 5, "few_shot": True},
+            "sc": {"kind": "sc", "max_tokens": 24, "samples": 8, "sample_prompt": "direct", "temperature": 0.7},
         },
         "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
     }

@@ -457,3 +457,62 @@ def many_arm_baselines(
         },
         "random": {"accuracy": float(r_acc), "mean_cost_usd": float(r_cost), "mean_output_tokens": r_tokens},
     }
+
+
+# -- confidence quality: does a score separate right from wrong answers? ----------------
+
+ECE_BINS = 10
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the average of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=float)
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + 1 + e) / 2.0
+    return ranks
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve via the rank-sum statistic (ties count 1/2).
+
+    ``nan`` when only one class is present.
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError("auroc: scores and labels must be 1-D arrays of the same length")
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = _average_ranks(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def brier(p: Sequence[float], labels: Sequence[bool]) -> float:
+    """Mean squared error between predicted probabilities and the 0/1 outcomes."""
+    p = np.asarray(p, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    if p.shape != y.shape or len(p) == 0:
+        raise ValueError("brier: p and labels must be non-empty and of the same length")
+    return float(np.mean((p - y) ** 2))
+
+
+def ece(p: Sequence[float], labels: Sequence[bool], bins: int = ECE_BINS) -> float:
+    """Expected calibration error over ``bins`` equal-width bins of [0, 1]
+    (p = 1 falls into the last bin): Σ (n_b / n) · |accuracy_b − mean p_b|."""
+    p = np.asarray(p, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    if p.shape != y.shape or len(p) == 0:
+        raise ValueError("ece: p and labels must be non-empty and of the same length")
+    idx = np.clip(np.floor(p * bins).astype(int), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() / len(p) * abs(y[m].mean() - p[m].mean())
+    return float(total)

@@ -21,16 +21,23 @@ from langgraph.runtime import Runtime
 
 from . import __version__
 from .budget import Spend, effective_budget, worst_case_cost
+from .calibrator import Calibrator, CalibratorSet, load_calibrators
 from .classifier import answer_type_of, classify_difficulty
-from .config import Config, LimitConfig
+from .config import DEFAULT_CONFIDENCE_THRESHOLD, Config, LimitConfig
 from .errors import ConfigError, EffReasonError, InvalidQuestionError, StoreError, TierError
 from .outcomes import AttemptRecord, OutcomeStore, RequestRecord, utc_now
 from .routing import TIER_DOWN_KINDS, arm_fits, escalation_decision, final_choice, pick_arm, start_rung
 from .state import ReasoningContext, ReasoningState
 from .strategies import build_prompt, output_cap, parse_answer
 from .ledger import BudgetExhausted, BudgetLedger, Scope, Usage
-from .tiers import TierClient, clients_for, cost_usd, estimate_tokens, format_usd
-from .uncertainty import compute_signals, heuristic_confidence
+from .tiers import Completion, TierClient, clients_for, cost_usd, estimate_tokens, format_usd
+from .uncertainty import (
+    HEURISTIC_METHOD,
+    HEURISTIC_SC_METHOD,
+    compute_signals,
+    heuristic_confidence,
+    question_signals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ class Services:
     clients: dict[str, TierClient] = field(default_factory=dict)
     _store: OutcomeStore | None = None
     _ledger: BudgetLedger | None = None
+    _calibrators: CalibratorSet | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -67,6 +75,22 @@ class Services:
             if self._ledger is None:
                 self._ledger = BudgetLedger(self.config.ledger_path())
             return self._ledger
+
+    @property
+    def calibrators(self) -> CalibratorSet:
+        """The configured calibrators that fit this configuration (loaded once; unusable
+        artifacts are skipped with a warning and their arms use the heuristic)."""
+        with self._lock:
+            if self._calibrators is None:
+                import warnings
+
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    self._calibrators = load_calibrators(self.config, self.environ)
+                for w in caught:
+                    log.warning("%s", w.message)
+                    warnings.warn(w.message, stacklevel=3)
+            return self._calibrators
 
     def close(self) -> None:
         with self._lock:
@@ -156,9 +180,17 @@ class ReasoningNodes:
         self.services = services
         self.config = services.config
 
-    def _threshold(self, runtime: Runtime[ReasoningContext] | None) -> float:
+    def _threshold(self, runtime: Runtime[ReasoningContext] | None, calibrator: Calibrator | None = None) -> float:
+        """The run's threshold, else the configured one, else the calibrator's fitted one,
+        else the heuristic default."""
         t = _ctx(runtime).confidence_threshold
-        return self.config.escalation.confidence_threshold if t is None else float(t)
+        if t is not None:
+            return float(t)
+        if self.config.escalation.confidence_threshold is not None:
+            return self.config.escalation.confidence_threshold
+        if calibrator is not None and calibrator.threshold is not None:
+            return calibrator.threshold
+        return DEFAULT_CONFIDENCE_THRESHOLD
 
     def _budget(self, runtime: Runtime[ReasoningContext] | None):  # noqa: ANN202
         return effective_budget(self.config.budget, _ctx(runtime).max_cost_usd)
@@ -219,7 +251,7 @@ class ReasoningNodes:
     def _prompt_tokens(self, client: TierClient, strategy_name: str, question: str, answer_type: str) -> int:
         """Tokens of the whole prompt an arm sends (few-shot examples included), as the tier
         counts them, plus a per-message allowance for the chat template."""
-        strategy = self.config.strategies[strategy_name]
+        strategy = _prompting(self.config.strategies[strategy_name])
         try:
             prompt = build_prompt(strategy, question, client.tier.capabilities, answer_type=answer_type,
                                   budget_tokens=strategy.budget_tokens or strategy.max_tokens)
@@ -248,6 +280,8 @@ class ReasoningNodes:
                 counts[arm.tier] = q_tokens + PROMPT_OVERHEAD_TOKENS
             prompt_tokens = max(counts[arm.tier], self._prompt_tokens(client, arm.strategy, question, answer_type))
             max_tokens = self.config.arm_max_tokens(arm)
+            strategy = self.config.strategies[arm.strategy]
+            samples = strategy.samples if strategy.kind == "sc" else 1
             window = self.config.context_window(arm.tier)
             largest = max(largest, window)
             if prompt_tokens + max_tokens > window:
@@ -261,7 +295,8 @@ class ReasoningNodes:
                     "strategy": arm.strategy,
                     "max_tokens": max_tokens,
                     "prompt_tokens": prompt_tokens,
-                    "worst_case_cost_usd": format_usd(worst_case_cost(tier, prompt_tokens, max_tokens)),
+                    "samples": samples,
+                    "worst_case_cost_usd": format_usd(worst_case_cost(tier, prompt_tokens * samples, max_tokens * samples)),
                 }
             )
         if not arms:
@@ -317,7 +352,7 @@ class ReasoningNodes:
             budget_tokens, budget_method = self._budget_tokens(state["question"], strategy)
             max_tokens = max(max_tokens, output_cap(strategy, budget_tokens)) if retry else output_cap(strategy, budget_tokens)
         prompt = build_prompt(
-            strategy, state["question"], tier.capabilities,
+            _prompting(strategy), state["question"], tier.capabilities,
             answer_type=answer_type_of((state.get("features") or {}).get("type")), budget_tokens=budget_tokens,
         )
         attempt: dict[str, Any] = AttemptRecord(
@@ -339,20 +374,27 @@ class ReasoningNodes:
         ledger = self.services.ledger
         key = f"{state['request_id']}:{attempt['index']}"
         scopes = [Scope(k, v) for k, v in state.get("scopes") or [["request", state["request_id"]]]]  # type: ignore[arg-type]
-        worst = worst_case_cost(tier, arm["prompt_tokens"], max_tokens)
+        samples = int(arm.get("samples") or 1)
+        worst = worst_case_cost(tier, arm["prompt_tokens"] * samples, max_tokens * samples)
         try:
-            ledger.reserve(key, scopes, Usage.from_usd(max_tokens, arm["prompt_tokens"] + max_tokens, worst))
+            ledger.reserve(key, scopes, Usage.from_usd(
+                max_tokens * samples, (arm["prompt_tokens"] + max_tokens) * samples, worst))
         except BudgetExhausted as exc:
             return {"decision": "stop", "decision_reason": f"budget exhausted: {exc}", "retry": None}
+        client = self.services.clients[arm["tier"]]
         try:
-            c = self.services.clients[arm["tier"]].complete(
-                prompt.messages,
-                max_tokens=max_tokens,
-                temperature=strategy.temperature,
-                stop=prompt.stop,
-                reasoning_effort=strategy.reasoning_effort,
-                thinking_budget=strategy.thinking_budget,
-            )
+            if strategy.kind == "sc":
+                c, drawn = _sample(client, strategy, prompt, max_tokens)
+            else:
+                drawn = None
+                c = client.complete(
+                    prompt.messages,
+                    max_tokens=max_tokens,
+                    temperature=strategy.temperature,
+                    stop=prompt.stop,
+                    reasoning_effort=strategy.reasoning_effort,
+                    thinking_budget=strategy.thinking_budget,
+                )
         except TierError as exc:
             ledger.release(key)
             attempt.update(error=str(exc), error_kind=exc.kind, confidence_method=f"error: {exc.kind}")
@@ -362,7 +404,15 @@ class ReasoningNodes:
             raise
         ledger.commit(key, Usage.from_usd(c.output_tokens, c.input_tokens + c.output_tokens, c.cost_usd))
         parsed = parse_answer(c.text)
-        signals = compute_signals(c.logprobs, len(c.prefill), parsed.span, c.finish_reason)
+        signals = compute_signals(
+            c.logprobs, len(c.prefill), parsed.span, c.finish_reason,
+            output_tokens=c.output_tokens if drawn is None else None, max_tokens=max_tokens,
+            answer_method=parsed.method, samples=None if drawn is None else drawn.answers,
+        )
+        signals.update(question_signals(state.get("features"), parsed.answer))
+        if drawn is not None:
+            attempt.update(samples=drawn.answers, samples_cap=drawn.cap)
+            signals["length_ratio"] = c.output_tokens / (max_tokens * max(1, drawn.samples_drawn))
         attempt.update(
             model=c.model,
             input_tokens=c.input_tokens,
@@ -394,14 +444,26 @@ class ReasoningNodes:
     def assess(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
         attempts = list(state["attempts"])
         last = dict(attempts[-1])
+        calibrator = None
         if not last.get("error"):
             conf, method = heuristic_confidence(
                 last["signals"], has_answer=last.get("answer") is not None, answer_method=last.get("answer_method", "")
             )
+            if method in (HEURISTIC_METHOD, HEURISTIC_SC_METHOD) or conf is None:
+                # an answer to judge: the calibrated P(correct) when a calibrator applies
+                calibrator = self.services.calibrators.find(last["tier"], last["strategy"])
+                p, how = self.services.calibrators.confidence(last["tier"], last["strategy"], last["signals"])
+                if p is not None:
+                    conf, method = p, how
+                else:
+                    calibrator = None
+                    if conf is not None:
+                        method = f"{method} ({how})"
             last["confidence"] = None if conf is None else round(conf, 6)
             last["confidence_method"] = method
+        last["threshold"] = self._threshold(runtime, calibrator)
         attempts[-1] = last
-        escalate, why = escalation_decision(last, self._threshold(runtime))
+        escalate, why = escalation_decision(last, last["threshold"])
         return {"attempts": attempts, "decision": "escalate" if escalate else "accept", "decision_reason": why}
 
     # -- escalate ---------------------------------------------------------------------
@@ -447,6 +509,8 @@ class ReasoningNodes:
         last reply was cut off, was not itself a retry, and the larger call fits context and budget."""
         last = state["attempts"][-1]
         if self.config.budget.on_truncation != "retry" or not last.get("truncated") or last.get("retry_of") is not None:
+            return None
+        if last.get("samples_cap"):  # an sc arm: its samples were cut; escalate instead
             return None
         arm = state["arms"][state["rung"] or 0]
         if arm["name"] != last["arm"]:
@@ -518,6 +582,36 @@ class ReasoningNodes:
     @staticmethod
     def after_escalate(state: ReasoningState) -> str:
         return "solve" if state.get("decision") == "solve" else "finalize"
+
+
+def _prompting(strategy: Any) -> Any:
+    """The strategy whose prompt an arm sends: an sc strategy prompts each sample with its
+    ``sample_prompt`` family."""
+    if strategy.kind == "sc":
+        return strategy.model_copy(update={"kind": strategy.sample_prompt})
+    return strategy
+
+
+def _sample(client: TierClient, strategy: Any, prompt: Any, max_tokens: int) -> tuple[Completion, Any]:
+    """Run an sc arm: samples until the strategy's stopping rule settles the majority.
+    Returns the attempt as one :class:`Completion` (the representative sample's text and
+    logprobs — the first that gave the majority answer — with every sample's tokens and
+    cost) and the :class:`~effreason_agents.sampling.SampleResult`."""
+    from .sampling import sample_until_settled
+
+    r = sample_until_settled(
+        client, prompt.messages, max_tokens=max_tokens, temperature=strategy.temperature, cap=strategy.samples,
+        rule=strategy.stop_rule, confidence=strategy.stop_confidence, window=strategy.esc_window, stop=prompt.stop,
+    )
+    i = r.representative_index if r.representative_index is not None else 0
+    text = r.texts[i] if r.texts else ""
+    finish = r.finish_reasons[i] if r.finish_reasons else None
+    c = Completion(
+        text=text, input_tokens=r.input_tokens, output_tokens=r.output_tokens, finish_reason=finish,
+        latency_s=r.latency_s, model=client.tier.model, cost_usd=r.cost_usd,
+        logprobs=r.representative_logprobs, prefill=r.prefill,
+    )
+    return c, r
 
 
 def total_cost(attempts: list[dict[str, Any]]) -> Decimal:

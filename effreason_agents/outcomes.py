@@ -73,6 +73,9 @@ class AttemptRecord(BaseModel):
     retry_of: int | None = Field(default=None, description="index of the truncated attempt this one retried")
     budget_tokens: int | None = Field(default=None, description="budget-cot: the N in 'use less than N tokens'")
     budget_method: str | None = Field(default=None, description="how that N was estimated")
+    threshold: float | None = Field(default=None, description="the confidence threshold this attempt was judged by")
+    samples: list[str | None] | None = Field(default=None, description="sc: the answer of each sample drawn")
+    samples_cap: int | None = Field(default=None, description="sc: the most samples the arm could draw")
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -250,9 +253,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE attempts ADD COLUMN budget_method TEXT;
         """,
     ),
+    (
+        "0005_attempt_threshold_and_samples",
+        """
+        ALTER TABLE attempts ADD COLUMN threshold REAL;
+        ALTER TABLE attempts ADD COLUMN samples TEXT;
+        ALTER TABLE attempts ADD COLUMN samples_cap INTEGER;
+        """,
+    ),
 ]
 
-_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta"})
+_JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta", "samples"})
 _BOOL_COLUMNS = frozenset({"escalated", "correct", "truncated"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 # Record field -> column name, where they differ (``index`` is an SQL keyword).

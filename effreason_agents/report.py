@@ -439,6 +439,7 @@ def _markdown(view: _View, plots: Mapping[str, Path]) -> str:
     lines += _graph_section(view)
     lines += _routing_section(view, plots)
     lines += _hull_section(view)
+    lines += _confidence_section(view)
     lines += _tokens_section(view, plots)
     lines += _notes_section(view, plots)
 
@@ -561,6 +562,21 @@ def _hull_section(view: _View) -> list[str]:
         fmt = format_usd if x == "mean_cost_usd" else (lambda v: f"{_num(v)} tokens")
         lines += ["Hull points: " + ", ".join(f"({fmt(p[0])}, {_pct(p[1])})" for p in pts) + ".", ""]
     return lines
+
+
+def _confidence_section(view: _View) -> list[str]:
+    rows = [(name, m["confidence"]) for name, m in view.r["arms"].items() if isinstance(m.get("confidence"), Mapping)]
+    if not rows:
+        return []
+    lines = ["## Confidence", "",
+             "How well each arm's confidence separates right from wrong answers (what the graph escalates on): "
+             "AUROC against correctness, Brier score, expected calibration error (10 bins).", "",
+             "| arm | answers with a confidence | AUROC | Brier | ECE | confidence |", "|---|---|---|---|---|---|"]
+    for name, c in rows:
+        methods = ", ".join(_text(m) for m in c.get("methods") or []) or "–"
+        lines.append(f"| {_code(name)} | {_int(c.get('n'))} | {_num(c.get('auroc'), 3)} | {_num(c.get('brier'), 3)} | "
+                     f"{_num(c.get('ece'), 3)} | {methods} |")
+    return lines + [""]
 
 
 def _tokens_section(view: _View, plots: Mapping[str, Path]) -> list[str]:

@@ -36,8 +36,10 @@ def arm_fits(
     """``None`` when the planned arm's worst case fits the budget (and every ``extra``
     (limits, spent) pair, e.g. what is left of the thread's and the user's budgets),
     otherwise why not."""
+    samples = int(arm.get("samples") or 1)  # an sc arm may draw this many samples, each with the prompt
     for limits, used in ((budget, spent), *extra):
-        why = fits(limits, used, int(arm["prompt_tokens"]), int(arm["max_tokens"]), Decimal(arm["worst_case_cost_usd"]))
+        why = fits(limits, used, int(arm["prompt_tokens"]) * samples, int(arm["max_tokens"]) * samples,
+                   Decimal(arm["worst_case_cost_usd"]))
         if why is not None:
             return why
     return None
@@ -81,7 +83,10 @@ def pick_arm(
 
 
 def escalation_decision(attempt: Mapping[str, Any], threshold: float) -> tuple[bool, str]:
-    """Whether to try a stronger arm after ``attempt``, and why."""
+    """Whether to try a stronger arm after ``attempt``, and why. The attempt's own
+    ``threshold`` (set by ``assess``, e.g. from its calibrator) wins over ``threshold``."""
+    if attempt.get("threshold") is not None:
+        threshold = float(attempt["threshold"])
     if attempt.get("error"):
         return True, f"tier error: {attempt['error']}"
     if attempt.get("answer") is None:

@@ -118,3 +118,28 @@ def test_budget_fit_command_fits_on_graded_results(tmp_path: Path, monkeypatch: 
     assert _json.loads(r.output)["correct_rows_used"] == 12 and out.is_file()
     r = CliRunner().invoke(app, ["budget", "fit", "--out", str(out), "--run", "nope"])
     assert r.exit_code != 0
+
+
+def test_confidence_quality_per_arm() -> None:
+    from effreason_agents.bench import confidence_quality
+
+    q = confidence_quality([(0.9, "calibrated: logistic on 3 features"), (0.2, "calibrated: logistic on 3 features"),
+                            (None, "no answer parsed"), (0.6, "heuristic: x (no calibrator)")], [True, False, False, True])
+    assert q is not None and q["n"] == 3
+    assert q["auroc"] == 1.0
+    assert q["brier"] == pytest.approx((0.1**2 + 0.2**2 + 0.4**2) / 3)
+    assert q["methods"] == ["calibrated: logistic on 3 features", "heuristic: x"]
+    assert confidence_quality([(None, None)], [True]) is None
+    assert confidence_quality([(0.5, "h"), (0.7, "h")], [True, True])["auroc"] is None  # one class: no AUROC
+
+
+def test_report_shows_the_confidence_section(tmp_path: Path) -> None:
+    from effreason_agents.report import write_report
+
+    results = {"kind": "live", "meta": {"suite": "s", "n_items": 2}, "baselines": {},
+               "arms": {"small:direct": {"accuracy": 0.5, "mean_output_tokens": 3, "mean_cost_usd": 0.0,
+                                         "confidence": {"n": 2, "auroc": 0.75, "brier": 0.2, "ece": 0.1,
+                                                        "methods": ["calibrated: logistic on 2 features"]}}}}
+    paths = write_report(results, tmp_path)
+    md = Path(paths["report"]).read_text() if "report" in paths else (tmp_path / "report.md").read_text()
+    assert "## Confidence" in md and "| `small:direct` | 2 | 0.750 | 0.200 | 0.100 | calibrated: logistic on 2 features |" in md

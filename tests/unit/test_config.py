@@ -78,7 +78,8 @@ def test_defaults_without_file_or_environment() -> None:
     assert large.price_input_per_1m == Decimal("0.15")
     assert large.price_output_per_1m == Decimal("0.60")
     assert [a.name for a in cfg.ladder] == ["small:direct", "small:cot", "large:cod", "large:cot"]
-    assert cfg.escalation.confidence_threshold == 0.5
+    assert cfg.escalation.confidence_threshold is None  # the calibrator's fitted threshold, else 0.5
+    assert cfg.escalation.calibrators == "builtin"
     assert cfg.budget.max_cost_usd is None
 
 
