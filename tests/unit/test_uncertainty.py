@@ -150,3 +150,91 @@ def test_no_logprobs_means_no_confidence() -> None:
 def test_confidence_is_clamped() -> None:
     sig = {name: None for name in SIGNAL_NAMES} | {"answer_min_logprob": 1e-6, "truncated": 0.0}
     assert heuristic_confidence(sig, has_answer=True, answer_method="separator")[0] == 1.0
+
+
+# -- recorded payloads: OpenAI's and llama.cpp's logprob shapes ------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from effreason_agents.tiers import _parse_logprobs  # noqa: E402
+from effreason_agents.uncertainty import (  # noqa: E402
+    QUESTION_SIGNALS,
+    available_signals,
+    question_signals,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _entropy_of(top: list[dict]) -> float:
+    ps = [math.exp(t["logprob"]) for t in top]
+    z = sum(ps)
+    return -sum(p / z * math.log(p / z) for p in ps)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "answer", "method"),
+    [("openai_chat_logprobs.json", "8", "separator"), ("llamacpp_chat_logprobs.json", "5", "last-number")],
+)
+def test_signals_from_recorded_payloads(fixture: str, answer: str, method: str) -> None:
+    raw = json.loads((DATA / fixture).read_text())
+    choice = raw["choices"][0]
+    content = choice["logprobs"]["content"]
+    toks = _parse_logprobs(choice["logprobs"])
+    assert toks is not None and len(toks) == len(content)
+    text = "".join(t.token for t in toks)
+    parsed = parse_answer(text)
+    assert parsed.answer == answer and parsed.method == method
+    sig = compute_signals(toks, 0, parsed.span, choice["finish_reason"], output_tokens=raw["usage"]["completion_tokens"],
+                          max_tokens=32, answer_method=parsed.method)
+    # the answer is one token in both replies (llama.cpp ends with an empty end-of-turn token)
+    last = next(c for c in reversed(content) if c["token"].strip() == answer)
+    assert sig["answer_min_logprob"] == pytest.approx(last["logprob"])
+    assert sig["answer_mean_logprob"] == pytest.approx(last["logprob"])
+    assert sig["answer_max_entropy"] == pytest.approx(_entropy_of(last["top_logprobs"]))
+    top = sorted((t["logprob"] for t in last["top_logprobs"]), reverse=True)
+    assert sig["answer_min_margin"] == pytest.approx(top[0] - top[1])
+    lps = [c["logprob"] for c in content]
+    assert sig["output_mean_logprob"] == pytest.approx(sum(lps) / len(lps))
+    assert sig["output_min_logprob"] == pytest.approx(min(lps))
+    assert sig["output_mean_entropy"] == pytest.approx(sum(_entropy_of(c["top_logprobs"]) for c in content) / len(content))
+    assert sig["length_ratio"] == pytest.approx(len(content) / 32)
+    assert sig["truncated"] == 0.0
+    assert sig["separator_found"] == (1.0 if method == "separator" else 0.0)
+    assert sig["agreement_share"] is None and sig["distinct_answers"] is None
+
+
+def test_agreement_signals() -> None:
+    sig = compute_signals(None, 0, None, "stop", samples=["5", "5", "6", None])
+    assert sig["agreement_share"] == 0.5 and sig["distinct_answers"] == 2.0
+    assert compute_signals(None, 0, None, "stop", samples=[None, None])["agreement_share"] == 0.0
+
+
+def test_sc_heuristic_is_the_majority_share() -> None:
+    sig = compute_signals(None, 0, None, "stop", samples=["5", "5", "5", "6"])
+    conf, method = heuristic_confidence(sig, has_answer=True, answer_method="separator")
+    assert conf == 0.75 and "majority share" in method
+
+
+def test_question_signals() -> None:
+    from effreason_agents.classifier import classify_difficulty
+
+    feats = classify_difficulty("What is 12 + 305?")[1]
+    q = question_signals(feats, "317")
+    assert set(q) == set(QUESTION_SIGNALS)
+    assert q["qtype_arithmetic"] == 1.0 and q["qtype_yes_no"] == 0.0
+    assert q["question_numbers"] == 2.0 and q["question_max_digits"] == 3.0
+    assert q["answer_numeric"] == 1.0 and q["answer_chars"] == 3.0
+    assert question_signals(feats, "yes")["answer_numeric"] == 0.0
+    none = question_signals(None, None)
+    assert all(v is None for v in none.values())
+
+
+def test_available_signals_follow_the_tier() -> None:
+    bare = available_signals(logprobs=False, top_logprobs=0, sc=False)
+    assert "answer_min_logprob" not in bare and "question_score" in bare and "truncated" in bare
+    assert "answer_min_logprob" in available_signals(True, 0, False)
+    assert "answer_max_entropy" not in available_signals(True, 1, False)
+    assert "answer_max_entropy" in available_signals(True, 5, False)
+    assert "agreement_share" in available_signals(False, 0, True)
