@@ -347,7 +347,8 @@ def load_calibrators(config: Any, environ: Mapping[str, str] | None = None) -> C
         strategy = config.strategies.get(cal.strategy)
         sc = strategy is not None and strategy.kind == "sc"
         try:
-            cal.check_features(available_signals(tier.capabilities.logprobs, tier.capabilities.top_logprobs, sc))
+            cal.check_features(available_signals(tier.capabilities.logprobs, tier.capabilities.top_logprobs, sc,
+                                                 config.escalation.self_verify))
         except CalibratorError as exc:
             warnings.warn(f"skipping calibrator: {exc}", CalibratorWarning, stacklevel=2)
             continue

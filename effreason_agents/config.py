@@ -178,6 +178,11 @@ class EscalationConfig(_Model):
         description="escalate while confidence is below; unset: the threshold fitted into the attempt's "
         f"calibrator, or {DEFAULT_CONFIDENCE_THRESHOLD} for the heuristic confidence",
     )
+    self_verify: bool = Field(
+        default=False,
+        description="ask the same tier whether its answer is correct (AutoMix-style) and record P(yes) as the "
+        "'self_verify' signal; costs one short call per attempt",
+    )
     calibrators: str | None = Field(
         default="builtin",
         description="calibrated confidence: 'builtin' (the artifacts shipped for the embedded model), a directory "

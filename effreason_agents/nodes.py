@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from decimal import Decimal
 from typing import Any, Mapping
 
+from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from . import __version__
@@ -36,6 +37,7 @@ from .uncertainty import (
     HEURISTIC_SC_METHOD,
     compute_signals,
     heuristic_confidence,
+    p_yes,
     question_signals,
 )
 
@@ -404,12 +406,20 @@ class ReasoningNodes:
             raise
         ledger.commit(key, Usage.from_usd(c.output_tokens, c.input_tokens + c.output_tokens, c.cost_usd))
         parsed = parse_answer(c.text)
+        verify = None
+        if self.config.escalation.self_verify and parsed.answer is not None:
+            verify = self._self_verify(client, state["question"], parsed.answer, f"{key}:verify", scopes)
         signals = compute_signals(
             c.logprobs, len(c.prefill), parsed.span, c.finish_reason,
             output_tokens=c.output_tokens if drawn is None else None, max_tokens=max_tokens,
             answer_method=parsed.method, samples=None if drawn is None else drawn.answers,
         )
         signals.update(question_signals(state.get("features"), parsed.answer))
+        if verify is not None:
+            signals["self_verify"] = verify.pop("p_yes")
+            c.input_tokens += verify["input_tokens"]
+            c.output_tokens += verify["output_tokens"]
+            c.cost_usd += verify["cost_usd"]
         if drawn is not None:
             attempt.update(samples=drawn.answers, samples_cap=drawn.cap)
             signals["length_ratio"] = c.output_tokens / (max_tokens * max(1, drawn.samples_drawn))
@@ -428,6 +438,34 @@ class ReasoningNodes:
             truncated=c.finish_reason == "length",
         )
         return {"attempts": attempts + [attempt], "retry": None}
+
+    def _self_verify(self, client: TierClient, question: str, answer: str, key: str, scopes: list[Scope]) -> dict[str, Any] | None:
+        """AutoMix-style self-verification: ask the tier whether ``answer`` is right, held in the
+        ledger like any call. ``None`` when it does not fit the budget or the tier fails (the
+        attempt keeps its other signals)."""
+        messages = [
+            SystemMessage("You check answers. Reply with one word: yes or no."),
+            HumanMessage(f"Question: {question}\nProposed answer: {answer}\nIs the proposed answer correct?"),
+        ]
+        prompt_tokens = client.count_tokens("\n".join(str(m.content) for m in messages)) + 16
+        worst = worst_case_cost(client.tier, prompt_tokens, 1)
+        ledger = self.services.ledger
+        try:
+            ledger.reserve(key, scopes, Usage.from_usd(1, prompt_tokens + 1, worst))
+        except BudgetExhausted:
+            return None
+        try:
+            v = client.complete(messages, max_tokens=1, temperature=0.0)
+        except TierError as exc:
+            ledger.release(key)
+            log.warning("self-verification on tier %r failed: %s", client.name, exc)
+            return None
+        except BaseException:
+            ledger.release(key)
+            raise
+        ledger.commit(key, Usage.from_usd(v.output_tokens, v.input_tokens + v.output_tokens, v.cost_usd))
+        return {"p_yes": p_yes(v.logprobs, v.text), "input_tokens": v.input_tokens,
+                "output_tokens": v.output_tokens, "cost_usd": v.cost_usd}
 
     def _budget_tokens(self, question: str, strategy: Any) -> tuple[int, str]:
         """budget-cot's N: fixed in the strategy, else from the configured estimator."""

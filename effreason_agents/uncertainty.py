@@ -48,6 +48,13 @@ but not on date arithmetic):
 ``answer_chars`` / ``answer_numeric``
     the parsed answer's length, and 1.0 when it is a number.
 
+Optional, off by default because it costs a call (``escalation.self_verify``):
+
+``self_verify``
+    AutoMix-style self-verification: the same tier is asked whether its answer to the
+    question is correct; P(yes) from the logprobs of its one-token reply (renormalized
+    over the yes/no alternatives), or 1.0/0.0 from the text on tiers without logprobs.
+
 Confidence, until a fitted calibrator applies, is the documented heuristic
 ``exp(answer_min_logprob)`` — the probability the model gave the least likely
 token of its answer — and for ``sc`` attempts the majority's share. It is 0
@@ -89,7 +96,10 @@ QUESTION_SIGNALS = (
     "answer_chars",
     "answer_numeric",
 )
-SIGNAL_NAMES = LOGPROB_SIGNALS + ALTERNATIVE_SIGNALS + SHAPE_SIGNALS + AGREEMENT_SIGNALS + QUESTION_SIGNALS
+VERIFY_SIGNALS = ("self_verify",)
+SIGNAL_NAMES = (
+    LOGPROB_SIGNALS + ALTERNATIVE_SIGNALS + SHAPE_SIGNALS + AGREEMENT_SIGNALS + QUESTION_SIGNALS + VERIFY_SIGNALS
+)
 _NUMBER = re.compile(r"^[-+]?\$?\d[\d,]*(?:\.\d+)?%?$")
 
 
@@ -195,9 +205,29 @@ def question_signals(features: Mapping[str, Any] | None, answer: str | None) -> 
     return out
 
 
-def available_signals(logprobs: bool, top_logprobs: int, sc: bool) -> set[str]:
-    """The signals an attempt can carry on a tier with these capabilities."""
+def p_yes(logprobs: Sequence[TokenLogprob] | None, text: str) -> float | None:
+    """P(yes) of a one-word yes/no reply: from the first token's alternatives (renormalized
+    over those that read yes or no), else from the text; ``None`` when it says neither."""
+    if logprobs:
+        first = logprobs[0]
+        cands = first.top or [(first.token, first.logprob)]
+        yes = sum(math.exp(lp) for t, lp in cands if t.strip().lower().strip(".!") == "yes")
+        no = sum(math.exp(lp) for t, lp in cands if t.strip().lower().strip(".!") == "no")
+        if yes + no > 0:
+            return yes / (yes + no)
+    word = text.strip().lower()
+    if word.startswith("yes"):
+        return 1.0
+    if word.startswith("no"):
+        return 0.0
+    return None
+
+
+def available_signals(logprobs: bool, top_logprobs: int, sc: bool, self_verify: bool = False) -> set[str]:
+    """The signals an attempt can carry on a tier with these capabilities (and settings)."""
     out = set(SHAPE_SIGNALS) | set(QUESTION_SIGNALS)
+    if self_verify:
+        out.update(VERIFY_SIGNALS)
     if logprobs:
         out.update(LOGPROB_SIGNALS)
         if top_logprobs >= 2:

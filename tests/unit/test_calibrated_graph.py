@@ -156,3 +156,38 @@ def test_the_shipped_calibrators_load_for_the_default_config() -> None:
     assert cal.model == cfg.tiers["small"].model
     assert cal.threshold is not None and 0.0 <= cal.threshold <= 1.0
     assert cal.training["n"] > 0 and cal.metrics["heldout"]["auroc"] > 0.5
+
+
+def verdict(p_yes: float) -> AIMessage:
+    return AIMessage(
+        content="yes" if p_yes >= 0.5 else "no",
+        usage_metadata={"input_tokens": 30, "output_tokens": 1, "total_tokens": 31},
+        response_metadata={"finish_reason": "length", "model_name": "small-served", "logprobs": {"content": [
+            {"token": "yes" if p_yes >= 0.5 else "no", "logprob": math.log(max(p_yes, 1 - p_yes)),
+             "top_logprobs": [{"token": "yes", "logprob": math.log(p_yes * 0.9)},
+                              {"token": " No", "logprob": math.log((1 - p_yes) * 0.9)},
+                              {"token": "maybe", "logprob": math.log(0.1)}]}]}},
+    )
+
+
+def test_self_verification_is_a_charged_signal(make_graph: Any, tmp_path: Path) -> None:
+    write(tmp_path / "cal", "small-direct.json",
+          artifact(features=("self_verify",), weight=10.0, intercept=-5.0))  # p = sigmoid(10 * p_yes - 5)
+    h = make_graph(small=[small_reply("5", 0.9), verdict(0.2)], large=[large_reply("6", 0.99), verdict(0.9)],
+                   escalation={"self_verify": True, "calibrators": str(tmp_path / "cal")})
+    r = h.ask()
+    first, second = r["attempts"]
+    assert first["signals"]["self_verify"] == pytest.approx(0.2)
+    assert first["confidence"] == pytest.approx(sigmoid(10 * 0.2 - 5), abs=1e-6)  # low: escalated
+    assert (first["input_tokens"], first["output_tokens"]) == (50 + 30, 3 + 1)  # the check is charged
+    assert "Proposed answer: 5" in str(h.small.calls[1][-1].content)
+    assert h.small.settings[1]["max_tokens"] == 1
+    assert second["signals"]["self_verify"] == pytest.approx(0.9)
+    assert r["answer"] == "6"
+
+
+def test_self_verification_is_off_by_default(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    r = h.ask()
+    assert r["attempts"][0]["signals"]["self_verify"] is None
+    assert len(h.small.calls) == 1
