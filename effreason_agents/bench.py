@@ -198,20 +198,20 @@ class Bench:
                     raise
             rows = store.bench_results(self.run_id)
             self.export_wide_csv(store, rows, self.out_dir / WIDE_CSV)
-            confidences = self.first_confidences(store, rows)
+            firsts = self.first_attempts(store, rows)
         finally:
             store.close()
-        return self.results(rows, confidences)
+        return self.results(rows, firsts)
 
-    def first_confidences(self, store: OutcomeStore, rows: Sequence[BenchResult]) -> dict[tuple[str, str], tuple[float | None, str | None]]:
-        """(item, fixed arm) → the confidence its attempt got and how it was computed."""
+    def first_attempts(self, store: OutcomeStore, rows: Sequence[BenchResult]) -> dict[tuple[str, str], Any]:
+        """(item, fixed arm) → the arm's attempt (its confidence, how it was computed, samples drawn)."""
         fixed = {a.name for a in self.arms}
-        out: dict[tuple[str, str], tuple[float | None, str | None]] = {}
+        out: dict[tuple[str, str], Any] = {}
         for r in rows:
             if r.arm in fixed and r.request_id:
                 attempts = store.attempts_for(r.request_id)
                 if attempts:
-                    out[(r.item_id, r.arm)] = (attempts[0].confidence, attempts[0].confidence_method)
+                    out[(r.item_id, r.arm)] = attempts[0]
         return out
 
     def export_wide_csv(self, store: OutcomeStore, rows: Sequence[BenchResult], path: Path) -> int:
@@ -246,9 +246,7 @@ class Bench:
         return len(lines)
 
     # -- results ------------------------------------------------------------------------
-    def results(
-        self, rows: Sequence[BenchResult], confidences: Mapping[tuple[str, str], tuple[float | None, str | None]] | None = None
-    ) -> dict[str, Any]:
+    def results(self, rows: Sequence[BenchResult], firsts: Mapping[tuple[str, str], Any] | None = None) -> dict[str, Any]:
         from .metrics import cost_accuracy_hull, hull_area, many_arm_baselines, summarize, two_arm_summary
 
         ids = [it.id for it in self.items]
@@ -284,11 +282,17 @@ class Bench:
         for arm in self.arms:
             summary = {k: v for k, v in summarize(rows_of(arm.name)).items() if k not in graph_only}
             out["arms"][arm.name] = {**summary, "tier": arm.tier, "strategy": arm.strategy}
-            if confidences:
-                quality = confidence_quality([confidences.get((i, arm.name), (None, None)) for i in complete],
+            if firsts:
+                mine = [firsts.get((i, arm.name)) for i in complete]
+                quality = confidence_quality([(a.confidence, a.confidence_method) if a else (None, None) for a in mine],
                                              [by_arm[arm.name][i].correct for i in complete])
                 if quality:
                     out["arms"][arm.name]["confidence"] = quality
+                caps = [a.samples_cap for a in mine if a is not None and a.samples_cap]
+                if caps:  # an sc arm: how many samples the stopping rule needed
+                    drawn = [len(a.samples or []) for a in mine if a is not None and a.samples_cap]
+                    out["arms"][arm.name]["samples"] = {"mean_drawn": sum(drawn) / len(drawn), "cap": max(caps),
+                                                        "stopped_early": sum(d < c for d, c in zip(drawn, caps)) / len(drawn)}
         if self.graph:
             out["graph"] = {**summarize(rows_of(GRAPH_ARM)), "tier": "ladder", "strategy": "graph"}
         for arm in self.arm_names:

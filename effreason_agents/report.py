@@ -576,6 +576,13 @@ def _confidence_section(view: _View) -> list[str]:
         methods = ", ".join(_text(m) for m in c.get("methods") or []) or "–"
         lines.append(f"| {_code(name)} | {_int(c.get('n'))} | {_num(c.get('auroc'), 3)} | {_num(c.get('brier'), 3)} | "
                      f"{_num(c.get('ece'), 3)} | {methods} |")
+    sc = [(name, m["samples"]) for name, m in view.r["arms"].items() if isinstance(m.get("samples"), Mapping)]
+    if sc:
+        lines += ["", "Self-consistency arms (samples drawn until the majority settled):", "",
+                  "| arm | mean samples drawn | cap | stopped before the cap |", "|---|---|---|---|"]
+        for name, smp in sc:
+            lines.append(f"| {_code(name)} | {_num(smp.get('mean_drawn'), 2)} | {_int(smp.get('cap'))} | "
+                         f"{_pct(smp.get('stopped_early'))} |")
     return lines + [""]
 
 
