@@ -1,5 +1,8 @@
 """Adaptive sampling: draw answers from a tier until the majority is settled.
 
+Samples vote by the normal form of their answers (:func:`~effreason_agents.tasks.answer_key`:
+"5", "5." and "5 apples" are one vote; "No, it is not" and "no" are one vote).
+
 Two published stopping rules, both pure functions of the answers seen so far:
 
 ``beta_stop`` — Adaptive-Consistency (Aggarwal et al. 2023)
@@ -13,9 +16,18 @@ Two published stopping rules, both pure functions of the answers seen so far:
     Answers fall into consecutive windows of ``window`` samples; stop when the
     last complete window is unanimous (and its answer is not ``None``).
 
+``"fixed"`` draws every sample (no early stop): the plain self-consistency
+baseline, and the way to record a full sample sequence on which the adaptive
+rules can be replayed offline (``benchmarks/sc.py``).
+
 :func:`sample_until_settled` draws samples from a :class:`~effreason_agents.tiers.TierClient`
-until the chosen rule fires or ``cap`` samples are drawn, batching them with
-the chat-completions ``n`` parameter where the tier supports it.
+in rounds until the chosen rule fires or ``cap`` samples are drawn, checking the
+rule after each round. A round is one request with the chat-completions ``n``
+parameter where the tier supports it, otherwise up to ``batch`` single-choice
+requests sent concurrently (threads). Its :class:`SampleResult` carries what a
+graph node needs to record the whole run as one attempt: the majority answer,
+the *representative* sample (the first one that gave the majority answer, with
+its logprobs), every sample's finish reason, and the summed usage and cost.
 
 Token accounting for ``n > 1``. The usage block is not trustworthy per choice:
 llama.cpp's server (the embedded tier) reports ``usage.completion_tokens`` for
@@ -44,6 +56,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -52,20 +65,27 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from .errors import TierError
 from .strategies import parse_answer
-from .tiers import TierClient, _error_kind, cost_usd
+from .tasks import answer_key
+from .tiers import TierClient, TokenLogprob, _error_kind, _parse_logprobs, cost_usd
 
-Rule = Literal["beta", "esc"]
+Rule = Literal["beta", "esc", "fixed"]
+RULES: tuple[Rule, ...] = ("beta", "esc", "fixed")
 
 __all__ = [
+    "RULES",
+    "Rule",
     "SampleResult",
     "beta_posterior_majority",
     "beta_stop",
+    "default_batch",
     "esc_window_stop",
     "majority",
     "per_choice_usage",
     "per_choice_usage_with_method",
     "regularized_beta_int",
+    "representative_index",
     "sample_until_settled",
+    "settled",
 ]
 
 
@@ -128,6 +148,27 @@ def majority(answers: Sequence[str | None]) -> tuple[str | None, float, int]:
     return answer, n / sum(counts.values()), len(counts)
 
 
+def settled(rule: Rule, answers: Sequence[str | None], confidence: float = 0.95, window: int = 5) -> bool:
+    """Whether ``rule`` stops after ``answers`` (in the order drawn): ``"beta"`` is
+    :func:`beta_stop` on the non-``None`` answers at ``confidence``, ``"esc"`` is
+    :func:`esc_window_stop` with ``window``, ``"fixed"`` never stops early."""
+    if rule == "beta":
+        return beta_stop(Counter(a for a in answers if a is not None), confidence)
+    if rule == "esc":
+        return esc_window_stop(answers, window)
+    if rule == "fixed":
+        return False
+    raise ValueError(f"unknown rule {rule!r} ({', '.join(RULES)})")
+
+
+def representative_index(answers: Sequence[str | None], answer: str | None) -> int | None:
+    """Index of the first of ``answers`` equal to ``answer`` (the majority); ``None`` when
+    ``answer`` is ``None`` or absent."""
+    if answer is None:
+        return None
+    return next((i for i, a in enumerate(answers) if a == answer), None)
+
+
 # -- per-choice token counts ----------------------------------------------------------------
 
 
@@ -179,7 +220,17 @@ def per_choice_usage(response_json: Mapping[str, Any], count_tokens: Callable[[s
 
 @dataclass
 class SampleResult:
-    """What :func:`sample_until_settled` drew."""
+    """What :func:`sample_until_settled` drew: every sample, the majority, and the run's
+    usage summed over all samples and requests.
+
+    ``answers``, ``texts`` (with the prefill prepended), ``finish_reasons`` and
+    ``per_choice_tokens`` hold one entry per sample in the order drawn. The
+    *representative* sample is the first whose answer is the majority ``answer``
+    (``representative_index``; ``None`` when no sample gave an answer); its logprobs
+    (``representative_logprobs``, over the generated text after ``prefill``, with the top
+    alternatives the tier returns) stand for the run when it is recorded as one attempt.
+    ``truncated_share`` is the share of samples cut by ``max_tokens`` (finish reason
+    ``"length"``)."""
 
     answers: list[str | None]
     answer: str | None
@@ -193,11 +244,22 @@ class SampleResult:
     requests: int
     token_count_method: str
     stopped_by: Literal["rule", "cap"]
-    rule: str = "beta"
+    rule: Rule = "beta"
     texts: list[str] = field(default_factory=list)
     per_choice_tokens: list[int] = field(default_factory=list)
     reported_output_tokens: int = 0  # sum of usage.completion_tokens as the engine reported it
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # wall time of the rounds (concurrent requests overlap)
+    representative_index: int | None = None
+    representative_logprobs: list[TokenLogprob] | None = None
+    prefill: str = ""
+    finish_reasons: list[str | None] = field(default_factory=list)
+    truncated_share: float = 0.0
+
+    @property
+    def representative_text(self) -> str | None:
+        """The representative sample's text (``None`` when there is none)."""
+        i = self.representative_index
+        return self.texts[i] if i is not None and i < len(self.texts) else None
 
 
 def _to_openai_messages(messages: Sequence[BaseMessage | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -217,10 +279,11 @@ def _to_openai_messages(messages: Sequence[BaseMessage | Mapping[str, Any]]) -> 
 
 
 def default_batch(client: TierClient) -> int:
-    """Choices per request: 2 where the tier supports ``n`` (for the embedded server at most
-    its ``n_parallel`` slots, which llama.cpp enforces as the upper bound of ``n``), else 1."""
+    """Samples per round: 2. On tiers with ``n`` that is the choices per request, at most the
+    tier's ``n`` limit (the embedded server's ``n_parallel`` slots, which llama.cpp enforces
+    as the upper bound of ``n``); on other tiers, the concurrent single-choice requests."""
     if not client.tier.capabilities.n:
-        return 1
+        return 2
     return min(2, _n_limit(client))
 
 
@@ -233,6 +296,32 @@ def _n_limit(client: TierClient) -> int:
 
         return (cfg.embedded if cfg is not None else EmbeddedConfig()).n_parallel
     return 128  # OpenAI's documented maximum of n
+
+
+def _create(api: Any, client: TierClient, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """One chat-completions request as raw JSON; every failure becomes a :class:`TierError`."""
+    try:
+        raw = api.chat.completions.create(**kwargs).model_dump()
+    except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
+        kind, why = _error_kind(exc)
+        raise TierError(client.name, f"{why} after {client.tier.max_retries} retries", kind=kind) from exc
+    if not raw.get("choices"):
+        raise TierError(client.name, "the response held no choices", kind="bad_response")
+    return raw
+
+
+def _concurrently(
+    pool: ThreadPoolExecutor, api: Any, client: TierClient, kwargs: Mapping[str, Any], k: int
+) -> list[dict[str, Any]]:
+    """``k`` identical requests at once, in submission order. When any fails, the others are
+    still awaited, then the first failure (in submission order) is raised."""
+    futures = [pool.submit(_create, api, client, kwargs) for _ in range(k)]
+    wait(futures)
+    for f in futures:
+        exc = f.exception()
+        if exc is not None:
+            raise exc
+    return [f.result() for f in futures]
 
 
 def sample_until_settled(
@@ -248,26 +337,43 @@ def sample_until_settled(
     window: int = 5,
     stop: Sequence[str] | None = None,
 ) -> SampleResult:
-    """Sample answers until ``rule`` (``"beta"``: :func:`beta_stop` at ``confidence``;
-    ``"esc"``: :func:`esc_window_stop` with ``window``) says the majority is settled, or
-    ``cap`` samples are drawn. The rule is checked after every request.
+    """Sample answers until ``rule`` says the majority is settled, or ``cap`` samples are
+    drawn: ``"beta"`` is :func:`beta_stop` at ``confidence``, ``"esc"`` is
+    :func:`esc_window_stop` with ``window``, ``"fixed"`` always draws ``cap`` samples.
 
-    Tiers with ``capabilities.n`` get ``min(remaining, batch)`` choices per request
-    (``batch`` defaults to :func:`default_batch` and is clipped to the tier's ``n`` limit —
-    the embedded server's ``n_parallel``); other tiers get one request per sample. A
-    trailing :class:`AIMessage` is an assistant prefill on tiers that declare
-    ``assistant_prefill`` (dropped elsewhere); it is prepended to each text before parsing.
-    Failures raise :class:`~effreason_agents.errors.TierError`."""
+    Samples are drawn in rounds of ``min(remaining, batch)`` (``batch`` defaults to
+    :func:`default_batch`) and the rule is checked after each round. On tiers with
+    ``capabilities.n`` a round is one request for that many choices (``batch`` clipped to
+    the tier's ``n`` limit — the embedded server's ``n_parallel``); on other tiers it is that
+    many single-choice requests sent concurrently. Logprobs (with
+    ``capabilities.top_logprobs`` alternatives per token) are requested where the tier
+    supports them.
+
+    A trailing :class:`AIMessage` is an assistant prefill on tiers that declare
+    ``assistant_prefill`` (dropped elsewhere); it is prepended to each text before parsing
+    and reported as ``SampleResult.prefill``.
+
+    Bad arguments raise :class:`ValueError` before any request. A failed request raises
+    :class:`~effreason_agents.errors.TierError` (in a concurrent round, once the round's
+    other requests have finished)."""
     import openai
 
     if cap < 1:
         raise ValueError("cap must be at least 1")
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
-    if rule not in ("beta", "esc"):
-        raise ValueError(f"unknown rule {rule!r} (beta or esc)")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r} ({', '.join(RULES)})")
+    if batch is not None and batch < 1:
+        raise ValueError("batch must be at least 1")
+    if rule == "beta" and not 0.0 < confidence <= 1.0:
+        raise ValueError("confidence must lie in (0, 1]")
+    if rule == "esc" and window < 1:
+        raise ValueError("window must be at least 1")
     caps = client.tier.capabilities
-    per_request = 1 if not caps.n else max(1, min(batch if batch is not None else default_batch(client), _n_limit(client)))
+    size = batch if batch is not None else default_batch(client)
+    if caps.n:
+        size = max(1, min(size, _n_limit(client)))
 
     msgs = list(messages)
     prefill = ""
@@ -276,7 +382,18 @@ def sample_until_settled(
             prefill = str(msgs[-1].content)
         else:
             msgs = msgs[:-1]
-    body = _to_openai_messages(msgs)
+    request: dict[str, Any] = {
+        "model": client.tier.model,
+        "messages": _to_openai_messages(msgs),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    if caps.logprobs:
+        request["logprobs"] = True
+        if caps.top_logprobs:
+            request["top_logprobs"] = caps.top_logprobs
+    if stop:
+        request["stop"] = list(stop)
 
     try:
         api = openai.OpenAI(
@@ -289,60 +406,54 @@ def sample_until_settled(
 
     answers: list[str | None] = []
     texts: list[str] = []
+    finish: list[str | None] = []
+    raw_logprobs: list[Mapping[str, Any] | None] = []
     per_choice: list[int] = []
     methods: list[str] = []
     input_tokens = reported = requests = dropped_tokens = 0
     latency = 0.0
     stopped_by: Literal["rule", "cap"] = "cap"
-    while len(answers) < cap:
-        k = min(cap - len(answers), per_request)
-        kwargs: dict[str, Any] = {
-            "model": client.tier.model,
-            "messages": body,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if k > 1:
-            kwargs["n"] = k
-        if caps.logprobs:
-            kwargs["logprobs"] = True
-        if stop:
-            kwargs["stop"] = list(stop)
-        start = time.perf_counter()
-        try:
-            raw = api.chat.completions.create(**kwargs).model_dump()
-        except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
-            kind, why = _error_kind(exc)
-            raise TierError(client.name, f"{why} after {client.tier.max_retries} retries", kind=kind) from exc
-        latency += time.perf_counter() - start
-        requests += 1
-        choices = sorted(raw.get("choices") or [], key=lambda c: c.get("index", 0))
-        if not choices:
-            raise TierError(client.name, "the response held no choices", kind="bad_response")
-        counts, method = per_choice_usage_with_method(raw, client.count_tokens)
-        usage = raw.get("usage") or {}
-        input_tokens += int(usage.get("prompt_tokens") or 0)
-        reported += int(usage.get("completion_tokens") or 0)
-        methods.append(method)
-        for ch, n_tok in zip(choices, counts):
-            if len(answers) >= cap:  # an engine that returned more choices than asked:
-                dropped_tokens += n_tok  # keep the answers within the cap, but pay for them
-                continue
-            text = (ch.get("message") or {}).get("content") or ""
-            if prefill and not text.startswith(prefill):
-                text = prefill + text
-            texts.append(text)
-            answers.append(parse_answer(text).answer)
-            per_choice.append(n_tok)
-        if rule == "beta":
-            settled = beta_stop(Counter(a for a in answers if a is not None), confidence)
-        else:
-            settled = esc_window_stop(answers, window)
-        if settled:
-            stopped_by = "rule"
-            break
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sample") if not caps.n and size > 1 else None
+    try:
+        while len(answers) < cap:
+            k = min(cap - len(answers), size)
+            start = time.perf_counter()
+            if caps.n:
+                responses = [_create(api, client, {**request, "n": k} if k > 1 else request)]
+            elif pool is not None and k > 1:
+                responses = _concurrently(pool, api, client, request, k)
+            else:
+                responses = [_create(api, client, request)]
+            latency += time.perf_counter() - start
+            for raw in responses:
+                requests += 1
+                choices = sorted(raw["choices"], key=lambda c: c.get("index", 0))
+                counts, method = per_choice_usage_with_method(raw, client.count_tokens)
+                usage = raw.get("usage") or {}
+                input_tokens += int(usage.get("prompt_tokens") or 0)
+                reported += int(usage.get("completion_tokens") or 0)
+                methods.append(method)
+                for ch, n_tok in zip(choices, counts):
+                    if len(answers) >= cap:  # an engine that returned more choices than asked:
+                        dropped_tokens += n_tok  # keep the answers within the cap, but pay for them
+                        continue
+                    text = (ch.get("message") or {}).get("content") or ""
+                    if prefill and not text.startswith(prefill):
+                        text = prefill + text
+                    texts.append(text)
+                    answers.append(answer_key(parse_answer(text).answer))
+                    finish.append(ch.get("finish_reason"))
+                    raw_logprobs.append(ch.get("logprobs"))
+                    per_choice.append(n_tok)
+            if settled(rule, answers, confidence, window):
+                stopped_by = "rule"
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     answer, share, distinct = majority(answers)
+    rep = representative_index(answers, answer)
     output_tokens = sum(per_choice) + dropped_tokens
     return SampleResult(
         answers=answers,
@@ -362,4 +473,9 @@ def sample_until_settled(
         per_choice_tokens=per_choice,
         reported_output_tokens=reported,
         latency_s=latency,
+        representative_index=rep,
+        representative_logprobs=_parse_logprobs(raw_logprobs[rep]) if rep is not None else None,
+        prefill=prefill,
+        finish_reasons=finish,
+        truncated_share=sum(1 for f in finish if f == "length") / len(finish) if finish else 0.0,
     )

@@ -232,6 +232,27 @@ def _polarity(text: str) -> str | None:
     return _YES.get(m.group()) if m else None
 
 
+def answer_key(text: str | None) -> str | None:
+    """One normal form per answer, for voting among samples: a yes/no by its first word,
+    a date as ISO, a number canonically (``"5."``, ``"5 apples"`` and ``"$5"`` are all
+    ``"5"``), other text case- and space-folded without edge punctuation."""
+    if text is None:
+        return None
+    polarity = _polarity(text)
+    if polarity is not None:
+        return polarity
+    day = parse_date(text)
+    if day is not None:
+        return day.isoformat()
+    number = parse_number(text)
+    if number is not None:
+        try:
+            return canonical_number(repr(number))
+        except ValueError:
+            pass
+    return _normalize_text(text) or None
+
+
 # ---------------------------------------------------------------------------------------
 # TaskItem
 # ---------------------------------------------------------------------------------------

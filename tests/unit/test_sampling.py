@@ -6,13 +6,16 @@ import itertools
 import json
 import math
 import threading
+import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from effreason_agents.config import TierConfig
+from effreason_agents.errors import TierError
 from effreason_agents.sampling import (
     beta_posterior_majority,
     beta_stop,
@@ -22,9 +25,11 @@ from effreason_agents.sampling import (
     per_choice_usage,
     per_choice_usage_with_method,
     regularized_beta_int,
+    representative_index,
     sample_until_settled,
+    settled,
 )
-from effreason_agents.tiers import TierClient, estimate_tokens
+from effreason_agents.tiers import TierClient, TokenLogprob, estimate_tokens
 
 # -- beta_stop ----------------------------------------------------------------------------
 
@@ -93,6 +98,25 @@ def test_esc_window_stop() -> None:
         esc_window_stop(["1"], window=0)
 
 
+def test_settled_dispatches_on_rule() -> None:
+    assert settled("beta", ["5"] * 4) is True
+    assert settled("beta", ["5", None, "5", "5"]) is False  # None answers do not count
+    assert settled("beta", ["5", "6", "5", "5", "5", "5", "5"]) is True  # {5: 6, 6: 1}: 0.965
+    assert settled("esc", ["1", "1", "1"], window=3) is True
+    assert settled("esc", ["1", "1", "1"], window=4) is False
+    assert settled("fixed", ["5"] * 64) is False
+    with pytest.raises(ValueError):
+        settled("vote", ["5"])  # type: ignore[arg-type]
+
+
+def test_representative_index_is_first_majority_sample() -> None:
+    answers = [None, "17", "5", "17", "5", "5"]
+    assert representative_index(answers, majority(answers)[0]) == 2
+    assert representative_index(answers, None) is None
+    assert representative_index(answers, "99") is None
+    assert representative_index([], None) is None
+
+
 def test_majority_ignores_none() -> None:
     assert majority(["5", None, "5", "7", None]) == ("5", pytest.approx(2 / 3), 2)
     assert majority([None, None]) == (None, 0.0, 0)
@@ -141,45 +165,57 @@ def test_per_choice_usage_fallbacks() -> None:
 
 # -- sample_until_settled against a scripted server -----------------------------------------------
 
+Script = str | dict[str, Any]  # a text, or {"text", "finish_reason", "status", "delay"}
+
 
 class _Scripted:
-    """A tiny chat-completions server: each request gets ``n`` texts from ``answers``;
-    usage reports the first choice only, like llama.cpp."""
+    """A tiny chat-completions server. Each choice takes the next entry of ``script``: a text,
+    or a dict that can also set its ``finish_reason``, make the whole request fail with
+    ``status``, or ``delay`` the response. Usage reports the first choice only, like
+    llama.cpp. Logprob tokens are named ``r<request>.<choice>.<position>``, with
+    ``top_logprobs`` alternatives when asked. ``barrier`` (if set) makes every request wait
+    for that many requests in flight at once; ``max_in_flight`` records the peak."""
 
-    def __init__(self, answers: Iterator[str], tokens_per_text: Callable[[str], int], logprobs: bool = True) -> None:
-        self.answers = answers
+    def __init__(
+        self, script: Iterator[Script], tokens_per_text: Callable[[str], int], logprobs: bool = True, barrier: int = 0
+    ) -> None:
+        self.script = script
         self.tokens = tokens_per_text
         self.logprobs = logprobs
+        self.barrier = threading.Barrier(barrier, timeout=5) if barrier else None
         self.requests: list[dict[str, Any]] = []
+        self.responded = 0
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                scripted.requests.append(body)
-                n = int(body.get("n") or 1)
-                choices = []
-                for i in range(n):
-                    text = next(scripted.answers)
-                    ch: dict[str, Any] = {
-                        "index": i,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
-                    if scripted.logprobs and body.get("logprobs"):
-                        ch["logprobs"] = _lp(scripted.tokens(text))
-                    choices.append(ch)
-                first = scripted.tokens(choices[0]["message"]["content"])
-                payload = {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": choices,
-                    "usage": {"prompt_tokens": 20, "completion_tokens": first, "total_tokens": 20 + first},
-                }
+                with scripted.lock:
+                    number = len(scripted.requests)
+                    scripted.requests.append(body)
+                    entries = [next(scripted.script) for _ in range(int(body.get("n") or 1))]
+                    scripted.in_flight += 1
+                    scripted.max_in_flight = max(scripted.max_in_flight, scripted.in_flight)
+                try:
+                    if scripted.barrier is not None:
+                        scripted.barrier.wait()
+                    self._answer(body, number, [e if isinstance(e, dict) else {"text": e} for e in entries])
+                finally:
+                    with scripted.lock:
+                        scripted.in_flight -= 1
+                        scripted.responded += 1
+
+            def _answer(self, body: dict[str, Any], number: int, entries: list[dict[str, Any]]) -> None:
+                time.sleep(max(e.get("delay", 0.0) for e in entries))
+                status = next((e["status"] for e in entries if "status" in e), 200)
+                if status != 200:
+                    payload: dict[str, Any] = {"error": {"message": "scripted failure", "type": "server_error"}}
+                else:
+                    payload = scripted.completion(body, number, entries)
                 data = json.dumps(payload).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -189,8 +225,39 @@ class _Scripted:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
+
+    def completion(self, body: dict[str, Any], number: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        top = int(body.get("top_logprobs") or 0)
+        choices = []
+        for i, e in enumerate(entries):
+            ch: dict[str, Any] = {
+                "index": i,
+                "finish_reason": e.get("finish_reason", "stop"),
+                "message": {"role": "assistant", "content": e["text"]},
+            }
+            if self.logprobs and body.get("logprobs"):
+                ch["logprobs"] = {
+                    "content": [
+                        {
+                            "token": f"r{number}.{i}.{j}",
+                            "logprob": -0.1,
+                            "top_logprobs": [{"token": f"alt{a}", "logprob": -0.1 - a} for a in range(top)],
+                        }
+                        for j in range(self.tokens(e["text"]))
+                    ]
+                }
+            choices.append(ch)
+        first = self.tokens(entries[0]["text"])
+        return {
+            "id": f"r{number}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+            "usage": {"prompt_tokens": 20, "completion_tokens": first, "total_tokens": 20 + first},
+        }
 
     @property
     def base_url(self) -> str:
@@ -205,8 +272,8 @@ class _Scripted:
 def scripted() -> Iterator[Callable[..., _Scripted]]:
     made: list[_Scripted] = []
 
-    def make(answers: Iterator[str], tokens: Callable[[str], int] = len, logprobs: bool = True) -> _Scripted:
-        s = _Scripted(answers, tokens, logprobs)
+    def make(script: Iterator[Script], tokens: Callable[[str], int] = len, logprobs: bool = True, barrier: int = 0) -> _Scripted:
+        s = _Scripted(script, tokens, logprobs, barrier)
         made.append(s)
         return s
 
@@ -215,7 +282,7 @@ def scripted() -> Iterator[Callable[..., _Scripted]]:
         s.close()
 
 
-def _client(base_url: str, *, n: bool = True, logprobs: bool = True) -> TierClient:
+def _client(base_url: str, *, n: bool = True, logprobs: bool = True, top_logprobs: int = 0, prefill: bool = False) -> TierClient:
     tier = TierConfig(
         engine="openai-compatible",
         model="scripted",
@@ -224,7 +291,7 @@ def _client(base_url: str, *, n: bool = True, logprobs: bool = True) -> TierClie
         price_output_per_1m=Decimal("2"),
         max_retries=0,
         timeout_s=10,
-        capabilities={"logprobs": logprobs, "n": n},
+        capabilities={"logprobs": logprobs, "top_logprobs": top_logprobs, "n": n, "assistant_prefill": prefill},
     )
     return TierClient("fake", tier)
 
@@ -238,17 +305,19 @@ def test_stops_early_when_unanimous(scripted: Callable[..., _Scripted]) -> None:
     assert default_batch(client) == 2
     r = sample_until_settled(client, MSGS, max_tokens=32, cap=16)
     # beta rule: {5: 4} → 1 - 1/32 ≥ 0.95 after two requests of n=2
-    assert r.stopped_by == "rule"
+    assert r.stopped_by == "rule" and r.rule == "beta"
     assert r.samples_drawn == 4 and r.answers == ["5"] * 4
     assert (r.answer, r.share, r.distinct) == ("5", 1.0, 1)
     assert r.requests == 2 and [q.get("n") for q in srv.requests] == [2, 2]
-    assert all(q.get("logprobs") is True for q in srv.requests)
+    assert all(q.get("logprobs") is True and "top_logprobs" not in q for q in srv.requests)
     assert r.per_choice_tokens == [6] * 4
     assert r.output_tokens == 24  # per choice, not usage (which reported 6 per request)
     assert r.reported_output_tokens == 12
     assert r.input_tokens == 40  # prompt once per request
     assert r.cost_usd == (Decimal(40) * 1 + Decimal(24) * 2) / Decimal(1_000_000)
     assert r.token_count_method == "logprobs"
+    assert r.finish_reasons == ["stop"] * 4 and r.truncated_share == 0.0
+    assert r.representative_index == 0 and r.prefill == ""
 
 
 def test_hits_cap_when_answers_alternate(scripted: Callable[..., _Scripted]) -> None:
@@ -265,13 +334,104 @@ def test_hits_cap_when_answers_alternate(scripted: Callable[..., _Scripted]) -> 
     assert r.distinct == 2 and r.answer == "5" and r.share == pytest.approx(4 / 7)
 
 
-def test_esc_rule_and_one_at_a_time_without_n(scripted: Callable[..., _Scripted]) -> None:
+def test_fixed_rule_draws_every_sample(scripted: Callable[..., _Scripted]) -> None:
+    srv = scripted(itertools.repeat("#### 5"))
+    r = sample_until_settled(_client(srv.base_url), MSGS, max_tokens=32, cap=6, rule="fixed")
+    # unanimous from the start, which would stop "beta" after 4 and "esc" after 5
+    assert r.rule == "fixed" and r.stopped_by == "cap"
+    assert r.samples_drawn == 6 and r.requests == 3 and r.answers == ["5"] * 6
+    assert r.output_tokens == 36
+
+
+def test_representative_sample_and_its_logprobs(scripted: Callable[..., _Scripted]) -> None:
+    script = iter(["#### 17", {"text": "so #### 5", "finish_reason": "length"}, "#### 5", "#### 5", ""])
+    srv = scripted(itertools.chain(script, itertools.repeat("#### 9")))
+    r = sample_until_settled(_client(srv.base_url, top_logprobs=3), MSGS, max_tokens=32, cap=5, rule="fixed")
+    assert all(q["top_logprobs"] == 3 and q["logprobs"] is True for q in srv.requests)
+    assert r.answers == ["17", "5", "5", "5", None]
+    assert r.answer == "5" and r.representative_index == 1 and r.representative_text == "so #### 5"
+    lps = r.representative_logprobs
+    assert lps is not None and len(lps) == r.per_choice_tokens[1] == len("so #### 5")
+    assert all(isinstance(t, TokenLogprob) for t in lps)
+    # the second choice of the first request (n=2), with its 3 alternatives per token
+    assert lps[0].token == "r0.1.0" and lps[0].logprob == pytest.approx(-0.1)
+    assert lps[0].top == [("alt0", pytest.approx(-0.1)), ("alt1", pytest.approx(-1.1)), ("alt2", pytest.approx(-2.1))]
+    assert r.finish_reasons == ["stop", "length", "stop", "stop", "stop"]
+    assert r.truncated_share == pytest.approx(1 / 5)
+
+
+def test_no_answer_has_no_representative(scripted: Callable[..., _Scripted]) -> None:
+    srv = scripted(itertools.repeat({"text": "", "finish_reason": "length"}))
+    r = sample_until_settled(_client(srv.base_url), MSGS, max_tokens=4, cap=3)
+    assert r.answer is None and r.stopped_by == "cap"
+    assert r.representative_index is None and r.representative_logprobs is None and r.representative_text is None
+    assert r.truncated_share == 1.0
+
+
+def test_no_logprobs_on_tiers_without_them(scripted: Callable[..., _Scripted]) -> None:
+    srv = scripted(itertools.repeat("#### 5"), logprobs=False)
+    r = sample_until_settled(_client(srv.base_url, logprobs=False, top_logprobs=5), MSGS, max_tokens=8, cap=2)
+    assert all("logprobs" not in q and "top_logprobs" not in q for q in srv.requests)
+    assert r.representative_index == 0 and r.representative_logprobs is None
+
+
+def test_prefill_is_prepended_and_reported(scripted: Callable[..., _Scripted]) -> None:
+    msgs = [SystemMessage("Answer briefly."), HumanMessage("What is 2+3?"), AIMessage("The answer is")]
+    srv = scripted(itertools.repeat(" 5"))
+    r = sample_until_settled(_client(srv.base_url, prefill=True), msgs, max_tokens=8, cap=2, rule="fixed", stop=["\n"])
+    assert srv.requests[0]["messages"][-1] == {"role": "assistant", "content": "The answer is"}
+    assert srv.requests[0]["stop"] == ["\n"]
+    assert r.prefill == "The answer is" and r.texts == ["The answer is 5"] * 2 and r.answer == "5"
+    # logprobs cover the generated text only
+    assert r.representative_logprobs is not None and len(r.representative_logprobs) == len(" 5")
+
+    srv2 = scripted(itertools.repeat("#### 5"))
+    r2 = sample_until_settled(_client(srv2.base_url, prefill=False), msgs, max_tokens=8, cap=2, rule="fixed")
+    assert [m["role"] for m in srv2.requests[0]["messages"]] == ["system", "user"]  # prefill dropped
+    assert r2.prefill == "" and r2.texts == ["#### 5"] * 2
+
+
+def test_concurrent_requests_without_n(scripted: Callable[..., _Scripted]) -> None:
+    # every request waits at a 2-party barrier: sequential requests would time out there
+    srv = scripted(itertools.cycle(["#### 5", "#### 17"]), barrier=2)
+    client = _client(srv.base_url, n=False)
+    assert default_batch(client) == 2
+    r = sample_until_settled(client, MSGS, max_tokens=16, cap=6, rule="fixed")
+    assert r.samples_drawn == 6 and r.requests == 6 and srv.max_in_flight == 2
+    assert all("n" not in q for q in srv.requests)
+    # each round of two concurrent requests got one of each answer, in either order
+    assert all(sorted(r.answers[i : i + 2]) == ["17", "5"] for i in range(0, 6, 2))
+    # accounting: prompt and reported usage per request, output tokens per choice
+    assert r.input_tokens == 6 * 20 and r.output_tokens == r.reported_output_tokens == 3 * 6 + 3 * 7
+    assert r.cost_usd == (Decimal(120) * 1 + Decimal(39) * 2) / Decimal(1_000_000)
+    assert len(r.finish_reasons) == len(r.per_choice_tokens) == len(r.texts) == 6
+    assert r.representative_index is not None and r.answers[r.representative_index] == r.answer
+
+
+def test_concurrent_rounds_apply_the_rule_after_each_round(scripted: Callable[..., _Scripted]) -> None:
+    srv = scripted(itertools.repeat("#### 4"), barrier=3)
+    r = sample_until_settled(_client(srv.base_url, n=False), MSGS, max_tokens=16, cap=10, batch=3)
+    # beta needs 4 unanimous answers; checked after rounds of 3 → stops at 6
+    assert r.stopped_by == "rule" and r.samples_drawn == 6 and r.requests == 6 and srv.max_in_flight == 3
+
+
+def test_esc_rule_one_at_a_time_with_batch_1(scripted: Callable[..., _Scripted]) -> None:
     srv = scripted(iter(["#### 1", "#### 2", "#### 3", "#### 4", "#### 4", "#### 4", "#### 9"]))
     client = _client(srv.base_url, n=False)
-    assert default_batch(client) == 1
-    r = sample_until_settled(client, MSGS, max_tokens=16, cap=10, batch=4, rule="esc", window=3)
+    r = sample_until_settled(client, MSGS, max_tokens=16, cap=10, batch=1, rule="esc", window=3)
     assert r.stopped_by == "rule" and r.samples_drawn == 6 and r.answer == "4"
-    assert all("n" not in q for q in srv.requests) and r.requests == 6
+    assert all("n" not in q for q in srv.requests) and r.requests == 6 and srv.max_in_flight == 1
+    assert r.representative_index == 3
+
+
+def test_failed_request_in_a_round_raises_after_the_round(scripted: Callable[..., _Scripted]) -> None:
+    # the failing request answers at once, the other one slowly; both must have finished
+    # by the time the TierError is raised
+    srv = scripted(iter([{"text": "x", "status": 500}, {"text": "#### 5", "delay": 0.3}, "#### 5", "#### 5"]))
+    with pytest.raises(TierError) as info:
+        sample_until_settled(_client(srv.base_url, n=False), MSGS, max_tokens=16, cap=4, rule="fixed")
+    assert info.value.kind == "server_error"
+    assert len(srv.requests) == 2 and srv.responded == 2  # no second round
 
 
 def test_tokenizer_fallback_without_logprobs(scripted: Callable[..., _Scripted]) -> None:
@@ -282,17 +442,30 @@ def test_tokenizer_fallback_without_logprobs(scripted: Callable[..., _Scripted])
     assert r.output_tokens == r.samples_drawn * estimate_tokens("The answer is 5. #### 5")
 
 
-def test_rejects_bad_arguments(scripted: Callable[..., _Scripted]) -> None:
-    client = _client("http://127.0.0.1:9/v1")
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cap": 0},
+        {"max_tokens": 0},
+        {"rule": "vote"},
+        {"batch": 0},
+        {"rule": "beta", "confidence": 0.0},
+        {"rule": "beta", "confidence": 1.5},
+        {"rule": "esc", "window": 0},
+    ],
+)
+def test_rejects_bad_arguments_before_any_request(scripted: Callable[..., _Scripted], kwargs: dict[str, Any]) -> None:
+    srv = scripted(itertools.repeat("#### 5"))
+    args: dict[str, Any] = {"max_tokens": 8, **kwargs}
     with pytest.raises(ValueError):
-        sample_until_settled(client, MSGS, max_tokens=8, cap=0)
-    with pytest.raises(ValueError):
-        sample_until_settled(client, MSGS, max_tokens=8, rule="vote")  # type: ignore[arg-type]
+        sample_until_settled(_client(srv.base_url), MSGS, **args)
+    assert srv.requests == []
 
 
 def test_unreachable_tier_raises_tier_error() -> None:
-    from effreason_agents.errors import TierError
-
     with pytest.raises(TierError) as info:
         sample_until_settled(_client("http://127.0.0.1:9/v1"), MSGS, max_tokens=8, cap=2)
+    assert info.value.kind == "unreachable"
+    with pytest.raises(TierError) as info:
+        sample_until_settled(_client("http://127.0.0.1:9/v1", n=False), MSGS, max_tokens=8, cap=2)
     assert info.value.kind == "unreachable"

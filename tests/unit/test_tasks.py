@@ -755,3 +755,21 @@ def test_forced_format_applies_to_every_line(tmp_path: Path) -> None:
     gsm = _write(tmp_path / "g.jsonl", [GSM_OK[0]])
     (item,) = load_dataset(gsm, format="generic")
     assert item.type == "text"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("5", "5."), ("$5", "5 apples"), ("5.0", "5"), ("no", "No, the coin is not still heads up."), ("yes.", "Yes"),
+     ("March 6, 2024", "2024-03-06"), ("Hello  World!", "hello world"), ("3/4", "0.75")],
+)
+def test_answer_key_gives_one_vote_per_answer(a: str, b: str) -> None:
+    from effreason_agents.tasks import answer_key
+
+    assert answer_key(a) == answer_key(b) is not None
+
+
+def test_answer_key_keeps_different_answers_apart() -> None:
+    from effreason_agents.tasks import answer_key
+
+    assert len({answer_key(x) for x in ("5", "6", "yes", "no", "2024-03-06", "2024-03-07", "b", "c")}) == 8
+    assert answer_key(None) is None and answer_key("  ") is None
