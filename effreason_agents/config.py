@@ -233,6 +233,16 @@ class EmbeddedConfig(_Model):
     startup_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class RouterConfig(_Model):
+    """A router trained on logged outcomes (``effreason router train``) in place of the heuristic start arm."""
+
+    artifact: str | None = Field(default=None, description="router artifact directory; unset: the heuristic classifier")
+    tau: float | None = Field(default=None, ge=0, le=1, description="policy: the cheapest arm with P(correct) >= tau "
+                              "(overrides the artifact's calibrated policy)")
+    lam: float | None = Field(default=None, ge=0, description="policy: the arm maximizing P(correct) - lam * cost "
+                              "(overrides the artifact's calibrated policy)")
+
+
 class StoreConfig(_Model):
     path: str | None = Field(default=None, description="SQLite file; default: the user data dir")
 
@@ -249,6 +259,7 @@ class Config(_Model):
     strategies: dict[str, StrategyConfig]
     ladder: list[ArmConfig] = Field(min_length=1)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

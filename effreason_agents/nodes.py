@@ -58,6 +58,8 @@ class Services:
     _store: OutcomeStore | None = None
     _ledger: BudgetLedger | None = None
     _calibrators: CalibratorSet | None = None
+    _router: Any = None
+    _router_loaded: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,29 @@ class Services:
                     log.warning("%s", w.message)
                     warnings.warn(w.message, stacklevel=3)
             return self._calibrators
+
+    @property
+    def router(self) -> Any:
+        """The configured router artifact (:class:`~effreason_agents.router.Router`), or ``None``
+        for the heuristic classifier. An artifact that cannot be used (missing, corrupted, another
+        version, trained on other arms than the ladder's) is refused with a warning, and requests
+        start from the heuristic instead of failing."""
+        with self._lock:
+            if not self._router_loaded:
+                self._router_loaded = True
+                path = self.config.router.artifact
+                if path:
+                    from .router import Router, RouterError
+
+                    arms = [a.name for a in self.config.ladder]
+                    try:
+                        self._router = Router.load(path, arms=arms)
+                    except RouterError as exc:
+                        import warnings
+
+                        log.warning("router not used: %s", exc)
+                        warnings.warn(f"router not used: {exc}", stacklevel=3)
+            return self._router
 
     def close(self) -> None:
         with self._lock:
@@ -319,6 +344,9 @@ class ReasoningNodes:
         request_id = state.get("request_id") or uuid.uuid4().hex
         scopes = self._open_scopes(request_id, _ctx(runtime), budget)
         start = start_rung(difficulty, self.config.escalation.start_arm, arms)
+        routed = self._route(question, arms, budget)
+        if routed is not None:
+            start, features = routed[0], {**features, "router": routed[1]}
         rung, skipped = pick_arm(arms, start, budget, Spend(), extra=self._shared_left(scopes), below_first=True)
         return {
             "question": question,
@@ -334,10 +362,32 @@ class ReasoningNodes:
             "attempts": [],
             "down_tiers": [],
             "decision": "solve" if rung is not None else "stop",
-            "decision_reason": f"{difficulty} question: start at {arms[rung]['name']}"
+            "decision_reason": (f"router: start at {arms[rung]['name']}" if routed is not None
+                                else f"{difficulty} question: start at {arms[rung]['name']}")
             if rung is not None
             else "budget exhausted: no arm fits what is left of the budget",
         }
+
+    def _route(self, question: str, arms: list[dict[str, Any]], budget: Any) -> tuple[int, dict[str, Any]] | None:
+        """The trained router's start arm among the planned arms, and what it predicted;
+        ``None`` without a router (the heuristic start applies)."""
+        router = self.services.router
+        if router is None:
+            return None
+        names = [a["name"] for a in arms if a["name"] in router.arms]
+        if not names:
+            return None
+        probs = router.predict_one(question)
+        card_costs = ((router.card.get("policy") or {}).get("costs") or {})
+        costs = {}
+        for a in arms:
+            if a["name"] in names:
+                c = card_costs.get(a["name"])
+                costs[a["name"]] = float(c) if c is not None else float(a["worst_case_cost_usd"])
+        rc = self.config.router
+        arm, why = router.choose(probs, costs, candidates=names, tau=rc.tau, lam=rc.lam)
+        index = next(i for i, a in enumerate(arms) if a["name"] == arm)
+        return index, {"p_correct": {k: round(float(v), 4) for k, v in probs.items()}, "choice": arm, "reason": why}
 
     # -- solve ------------------------------------------------------------------------
     def solve(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
