@@ -33,28 +33,16 @@ class RouterTrainError(EffReasonError, ValueError):
     """Training, evaluation or policy calibration cannot proceed (a clear reason is given)."""
 
 
-def _costs(table: OutcomeTable) -> tuple[dict[str, float], str]:
-    """Per-arm cost for policies: mean logged USD when any is non-zero, else mean output tokens."""
-    usd = table.mean_cost()
-    if any(v for v in usd.values() if v):
-        return {a: float(v or 0.0) for a, v in usd.items()}, "usd"
-    tok = table.mean_tokens()
-    if any(v is not None for v in tok.values()):
-        return {a: float(v or 0.0) for a, v in tok.items()}, "output_tokens"
-    return {a: float(i) for i, a in enumerate(table.arms)}, "arm order"
-
-
 def evaluate(table: OutcomeTable, kind: str = "logistic", *, k: int = 5, seed: int = 0, weak: str | None = None,
              strong: str | None = None, embeddings: bool = False) -> dict[str, Any]:
     """Cross-validated metrics of one model kind (folds by prompt)."""
-    from .evaluate import cross_validate
+    from .evaluate import costs_for, cross_validate
     from .models import fit_predict
 
-    costs, unit = _costs(table)
+    costs, unit = costs_for(table)
     started = time.perf_counter()
     result = cross_validate(table, fit_predict(kind, embeddings=embeddings, seed=seed), k=k, seed=seed,
-                            weak=weak, strong=strong, costs=costs)
-    result.setdefault("cost_unit", unit)
+                            weak=weak, strong=strong, costs=costs, cost_unit=unit)
     result["model"] = kind
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
@@ -78,7 +66,7 @@ def train(table: OutcomeTable, out_dir: str | Path, *, kinds: Sequence[str] = ("
           max_share: tuple[str, float] | None = None, max_mean_cost: float | None = None,
           min_accuracy: float | None = None) -> dict[str, Any]:
     """Select a model kind by cross-validation, refit it on all prompts, pick the policy and save."""
-    from .evaluate import oof_predictions, pick_policy, policy_curve
+    from .evaluate import costs_for, oof_predictions, pick_policy, policy_curve
     from .models import fit_predict, fit_router
 
     if k > len(table):
@@ -87,7 +75,7 @@ def train(table: OutcomeTable, out_dir: str | Path, *, kinds: Sequence[str] = ("
     for kind in kinds:
         candidates[kind] = evaluate(table, kind, k=k, seed=seed, weak=weak, strong=strong, embeddings=embeddings)
     best = max(candidates, key=lambda kd: _score(candidates[kd]))
-    costs, unit = _costs(table)
+    costs, unit = costs_for(table)
     probs = oof_predictions(table, fit_predict(best, embeddings=embeddings, seed=seed), k=k, seed=seed)
     curve = policy_curve(table, probs, costs, kind=policy)
     chosen = pick_policy(curve, **_target_kwargs(max_share, max_mean_cost, min_accuracy))
@@ -142,13 +130,13 @@ def calibrate_policy(router_dir: str | Path, table: OutcomeTable, *, k: int = 5,
     and the chosen point."""
     from effreason_agents.router import Router
 
-    from .evaluate import oof_predictions, pick_policy, policy_curve
+    from .evaluate import costs_for, oof_predictions, pick_policy, policy_curve
     from .models import fit_predict
 
     router = Router.load(router_dir, arms=table.arms if set(table.arms) != set() else None)
     kind = router.card["kind"]
     embeddings = bool((router.card.get("features") or {}).get("embeddings"))
-    costs, unit = _costs(table)
+    costs, unit = costs_for(table)
     probs = oof_predictions(table, fit_predict(kind, embeddings=embeddings, seed=seed), k=k, seed=seed)
     curve = policy_curve(table, probs, costs, kind=policy)
     chosen = pick_policy(curve, **_target_kwargs(max_share, max_mean_cost, min_accuracy))

@@ -141,6 +141,7 @@ def make_config(
     small_tier: dict[str, Any] | None = None,
     large_tier: dict[str, Any] | None = None,
     escalation: dict[str, Any] | None = None,
+    router: dict[str, Any] | None = None,
 ) -> Config:
     common = {"engine": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
     logprobs = {"logprobs": True, "top_logprobs": 2}
@@ -173,6 +174,7 @@ def make_config(
             "ladder": list(ladder),
             "budget": budget or {},
             "escalation": escalation or {},
+            "router": router or {},
             "store": {"path": str(store)},
         },
         source="test",
