@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .classifier import classify_difficulty
-from .config import ArmConfig, Config
+from .config import ArmConfig, Config, RouterConfig
 from .errors import EffReasonError
 from .graph import build_reasoning_graph
 from .nodes import Services, outcome_records
@@ -63,8 +63,9 @@ def resolve_arms(config: Config, names: Sequence[str]) -> list[ArmConfig]:
 
 
 def single_arm_config(config: Config, arm: ArmConfig) -> Config:
-    """The configuration whose ladder is just ``arm``: the graph runs it once, no escalation."""
-    return config.model_copy(update={"ladder": [arm]})
+    """The configuration whose ladder is just ``arm``: the graph runs it once, no escalation
+    and no router."""
+    return config.model_copy(update={"ladder": [arm], "router": RouterConfig()})
 
 
 def run_id_for(out_dir: Path) -> str:

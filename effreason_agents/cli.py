@@ -765,14 +765,19 @@ def router_eval(
                 if isinstance(b, dict) and b.get("curve"):
                     curves[name] = b["curve"]
             if curves:
-                plot_pgr(curves, out_dir / "pgr.png")
+                plot_pgr(curves, out_dir / "pgr.png", weak=r.get("weak"), strong=r.get("strong"))
     except EffReasonError as exc:
         _fail(exc)
         return
     if json_out:
         keep = ("apgr", "cpt50", "cpt80", "auc", "n", "baselines", "weak", "strong", "k", "arms", "model", "cost_unit",
                 "many_arm", "seconds")
-        print(json.dumps({k: r[k] for k in keep if k in r}, indent=2, default=str))
+        doc = {k: r[k] for k in keep if k in r}
+        doc["baselines"] = {name: {k: v for k, v in b.items() if k != "curve"} if isinstance(b, dict) else b
+                            for name, b in (r.get("baselines") or {}).items()}  # curves: eval.json with --out
+        if isinstance(doc.get("many_arm"), dict):
+            doc["many_arm"] = {k: v for k, v in doc["many_arm"].items() if k != "points"}
+        print(json.dumps(doc, indent=2, default=str))
         return
     out.print(f"{model} router, {cv}-fold cross-validation by prompt, n = {r.get('n')}"
               f" (weak {r.get('weak')}, strong {r.get('strong')}):", highlight=False)
@@ -809,11 +814,11 @@ def router_calibrate(
     if json_out:
         print(json.dumps(r, indent=2, default=str))
         return
-    out.print(f"{'value':>8} {'accuracy':>9} {'mean cost':>10}  share of calls", highlight=False)
+    print(f"{'value':>8} {'accuracy':>9} {'mean cost':>10}  share of calls")
     for pt in r["curve"]:
         share = ", ".join(f"{a} {s:.0%}" for a, s in (pt.get("share") or {}).items() if s)
-        mark = " <" if pt is r["chosen"] or pt.get("value") == r["chosen"].get("value") else ""
-        out.print(f"{pt['value']:>8.3g} {pt['accuracy']:>9.3f} {pt['mean_cost']:>10.4g}  {share}{mark}", highlight=False)
+        mark = "  <- chosen" if pt.get("value") == r["chosen"].get("value") else ""
+        print(f"{pt['value']:>8.3g} {pt['accuracy']:>9.3f} {pt['mean_cost']:>10.4g}  {share}{mark}")
     out.print(f"policy written to {router_dir / 'card.json'}: {r['policy']['kind']} "
               f"{r['policy'].get('tau', r['policy'].get('lambda'))} ({r['policy']['target']})", highlight=False)
 
