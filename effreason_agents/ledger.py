@@ -306,9 +306,7 @@ class BudgetLedger(SQLiteFile):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            self._migrate()
+            self._prepare(timeout_s)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise LedgerError(

@@ -4,7 +4,30 @@ Each node is a plain function of ``(state, runtime)`` returning a state update;
 the decisions they apply live in :mod:`~effreason_agents.routing`,
 :mod:`~effreason_agents.budget`, :mod:`~effreason_agents.classifier` and
 :mod:`~effreason_agents.uncertainty`. :class:`Services` holds what the nodes
-share: the configuration, one client per tier and the outcome store.
+share: the configuration, one client per tier, the outcome store and the ledger.
+
+Use them in your own graph
+--------------------------
+:func:`add_cost_aware_reasoning` adds the whole graph to your ``StateGraph`` as one
+node (a subgraph) that reads your question key and writes your answer key::
+
+    from effreason_agents.nodes import add_cost_aware_reasoning
+    builder = StateGraph(MyState)
+    builder.add_node("prepare", prepare)
+    add_cost_aware_reasoning(builder, name="reason", question_key="question", answer_key="answer")
+    builder.add_edge("prepare", "reason")
+
+Or wire the nodes yourself: the module-level :func:`classify`, :func:`solve`,
+:func:`assess`, :func:`escalate`, :func:`finalize` and :func:`log` run on the default
+configuration (:func:`~effreason_agents.config.load_config`, loaded once);
+:meth:`ReasoningNodes` binds them to yours. Their state contract is :data:`NODE_CONTRACT`
+(the keys of :class:`~effreason_agents.state.ReasoningState` each node reads and writes),
+and the edges between them are the ``after_*`` functions of :class:`ReasoningNodes`.
+
+Progress events: with ``stream_mode="custom"`` every run emits ``{"event": ...}`` dicts:
+``arm_chosen`` (arm, difficulty, by classifier/router), ``attempt`` (arm, answer,
+confidence, cost so far, whether it escalates), ``escalation`` (to, after) and ``done``
+(status, answer, total cost and tokens, arms tried).
 """
 
 from __future__ import annotations
@@ -41,7 +64,7 @@ from .uncertainty import (
     question_signals,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GRAPH_VERSION = f"reasoner/{__version__}"
 MAX_QUESTION_CHARS = 100_000
@@ -92,7 +115,7 @@ class Services:
                     warnings.simplefilter("always")
                     self._calibrators = load_calibrators(self.config, self.environ)
                 for w in caught:
-                    log.warning("%s", w.message)
+                    logger.warning("%s", w.message)
                     warnings.warn(w.message, stacklevel=3)
             return self._calibrators
 
@@ -115,7 +138,7 @@ class Services:
                     except RouterError as exc:
                         import warnings
 
-                        log.warning("router not used: %s", exc)
+                        logger.warning("router not used: %s", exc)
                         warnings.warn(f"router not used: {exc}", stacklevel=3)
             return self._router
 
@@ -150,6 +173,18 @@ def _ctx(runtime: Runtime[ReasoningContext] | None) -> ReasoningContext:
             raise ConfigError(f"confidence_threshold must be in [0, 1], got {t}")
         ctx.confidence_threshold = t
     return ctx
+
+
+def emit(runtime: Runtime[ReasoningContext] | None, event: str, **data: Any) -> None:
+    """Send a progress event to ``stream_mode="custom"`` consumers (a no-op elsewhere):
+    ``{"event": "arm_chosen" | "attempt" | "escalation" | "done", ...}``."""
+    writer = getattr(runtime, "stream_writer", None)
+    if writer is None:
+        return
+    try:
+        writer({"event": event, **data})
+    except Exception:  # noqa: BLE001 - progress events never break a request
+        logger.debug("stream writer failed", exc_info=True)
 
 
 def validate_question(question: Any) -> str:
@@ -302,7 +337,7 @@ class ReasoningNodes:
                 try:
                     q_tokens = client.count_tokens(question)
                 except EffReasonError as exc:  # the tier's tokenizer is unavailable: estimate, and let solve report it
-                    log.warning("counting tokens on tier %r failed (%s); using an estimate", arm.tier, exc)
+                    logger.warning("counting tokens on tier %r failed (%s); using an estimate", arm.tier, exc)
                     q_tokens = estimate_tokens(question)
                 counts[arm.tier] = q_tokens + PROMPT_OVERHEAD_TOKENS
             prompt_tokens = max(counts[arm.tier], self._prompt_tokens(client, arm.strategy, question, answer_type))
@@ -348,6 +383,9 @@ class ReasoningNodes:
         if routed is not None:
             start, features = routed[0], {**features, "router": routed[1]}
         rung, skipped = pick_arm(arms, start, budget, Spend(), extra=self._shared_left(scopes), below_first=True)
+        if rung is not None:
+            emit(runtime, "arm_chosen", arm=arms[rung]["name"], difficulty=difficulty,
+                 by="router" if routed is not None else "classifier")
         return {
             "question": question,
             "request_id": request_id,
@@ -508,7 +546,7 @@ class ReasoningNodes:
             v = client.complete(messages, max_tokens=1, temperature=0.0)
         except TierError as exc:
             ledger.release(key)
-            log.warning("self-verification on tier %r failed: %s", client.name, exc)
+            logger.warning("self-verification on tier %r failed: %s", client.name, exc)
             return None
         except BaseException:
             ledger.release(key)
@@ -552,6 +590,10 @@ class ReasoningNodes:
         last["threshold"] = self._threshold(runtime, calibrator)
         attempts[-1] = last
         escalate, why = escalation_decision(last, last["threshold"])
+        spent = _spent(attempts)
+        emit(runtime, "attempt", arm=last["arm"], answer=last.get("answer"), confidence=last.get("confidence"),
+             cost_usd=last.get("cost_usd"), total_cost_usd=format_usd(spent.cost_usd),
+             total_output_tokens=spent.output_tokens, escalate=escalate, reason=why)
         return {"attempts": attempts, "decision": "escalate" if escalate else "accept", "decision_reason": why}
 
     # -- escalate ---------------------------------------------------------------------
@@ -590,6 +632,7 @@ class ReasoningNodes:
             )
         else:
             out.update(rung=rung, decision="solve", decision_reason=f"escalating to {state['arms'][rung]['name']}")
+            emit(runtime, "escalation", to=state["arms"][rung]["name"], after=last["arm"])
         return out
 
     def _truncation_retry(self, state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any] | None:
@@ -639,6 +682,8 @@ class ReasoningNodes:
             "skipped": state.get("skipped") or [],
             "attempts": attempts,
         }
+        emit(runtime, "done", status=status, answer=result["answer"], total_cost_usd=result["total_cost_usd"],
+             total_output_tokens=spent.output_tokens, arms_tried=result["arms_tried"])
         return {"result": result}
 
     # -- log --------------------------------------------------------------------------
@@ -650,7 +695,7 @@ class ReasoningNodes:
         try:
             self.services.store.record(request, attempts)
         except StoreError as exc:
-            log.error("outcome not logged: %s", exc)
+            logger.error("outcome not logged: %s", exc)
             return {"logged": False}
         return {"logged": True}
 
@@ -700,6 +745,112 @@ def _sample(client: TierClient, strategy: Any, prompt: Any, max_tokens: int) -> 
         logprobs=r.representative_logprobs, prefill=r.prefill,
     )
     return c, r
+
+
+NODE_CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
+    "classify": {"reads": ("question", "request_id"),
+                 "writes": ("question", "request_id", "scopes", "retry", "started_at", "difficulty", "features",
+                            "arms", "rung", "skipped", "attempts", "down_tiers", "decision", "decision_reason")},
+    "solve": {"reads": ("question", "arms", "rung", "attempts", "retry", "features", "scopes", "request_id"),
+              "writes": ("attempts", "retry", "decision", "decision_reason")},
+    "assess": {"reads": ("attempts",), "writes": ("attempts", "decision", "decision_reason")},
+    "escalate": {"reads": ("attempts", "arms", "rung", "down_tiers", "skipped", "scopes"),
+                 "writes": ("down_tiers", "skipped", "retry", "rung", "decision", "decision_reason")},
+    "finalize": {"reads": ("attempts", "request_id", "difficulty", "decision_reason", "skipped"), "writes": ("result",)},
+    "log": {"reads": ("result", "request_id", "question", "difficulty", "features", "attempts", "started_at"),
+            "writes": ("logged",)},
+}
+"""The :class:`~effreason_agents.state.ReasoningState` keys each node reads and writes."""
+
+_default_nodes: ReasoningNodes | None = None
+_default_lock = threading.Lock()
+
+
+def default_nodes() -> ReasoningNodes:
+    """The nodes bound to the default configuration (built once, shared)."""
+    global _default_nodes
+    with _default_lock:
+        if _default_nodes is None:
+            from .config import load_config
+
+            _default_nodes = ReasoningNodes(Services(load_config()))
+        return _default_nodes
+
+
+def classify(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """Validate the question, plan the usable arms, open the budget scopes, pick the start arm."""
+    return default_nodes().classify(state, runtime)
+
+
+def solve(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """Run the current arm (held in the budget ledger) and record the attempt with its signals."""
+    return default_nodes().solve(state, runtime)
+
+
+def assess(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """Confidence for the last attempt (calibrated or heuristic), and whether to escalate."""
+    return default_nodes().assess(state, runtime)
+
+
+def escalate(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """The next arm that fits the budget (or a larger-cap retry), or stop."""
+    return default_nodes().escalate(state, runtime)
+
+
+def finalize(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """The answer to return, the status and the totals (``result``)."""
+    return default_nodes().finalize(state, runtime)
+
+
+def log(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
+    """Write the request and its attempts to the outcome store in one transaction."""
+    return default_nodes().log(state, runtime)
+
+
+def add_cost_aware_reasoning(
+    builder: Any,
+    *,
+    name: str = "cost_aware_reasoning",
+    config: Config | None = None,
+    services: Services | None = None,
+    question_key: str = "question",
+    answer_key: str = "answer",
+    result_key: str | None = "reasoning",
+    context: Mapping[str, Any] | None = None,
+) -> str:
+    """Add the reasoning graph to your ``StateGraph`` ``builder`` as the node ``name``.
+
+    The node reads ``state[question_key]``, runs the compiled reasoning graph as a
+    subgraph (its progress events reach your ``stream_mode="custom"`` stream, and
+    ``subgraphs=True`` shows its steps), and writes ``answer_key`` (the answer) and,
+    unless ``result_key`` is ``None``, ``result_key`` (the whole ``result`` dict: status,
+    arms tried, confidence, cost). Your state needs those keys. Per-run settings come from
+    ``context`` (a :class:`~effreason_agents.state.ReasoningContext` mapping); the
+    ``thread_id`` of your run's config is used as the budget thread unless given.
+    Returns ``name``; add the edges to and from it yourself.
+    """
+    from langchain_core.runnables import RunnableConfig
+
+    from .graph import build_reasoning_graph
+
+    graph = build_reasoning_graph(config, services=services)
+    base = dict(context or {})
+
+    def run(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        if question_key not in state:
+            raise InvalidQuestionError(f"the state has no {question_key!r} key for the reasoning node {name!r}")
+        ctx = dict(base)
+        thread = ((config or {}).get("configurable") or {}).get("thread_id")
+        if thread is not None and "thread_id" not in ctx:
+            ctx["thread_id"] = str(thread)
+        out = graph.invoke({"question": state[question_key]}, config=config, context=ReasoningContext(**ctx))
+        update: dict[str, Any] = {answer_key: out["result"]["answer"]}
+        if result_key is not None:
+            update[result_key] = out["result"]
+        return update
+
+    builder.add_node(name, run)
+    return name
 
 
 def total_cost(attempts: list[dict[str, Any]]) -> Decimal:

@@ -355,8 +355,7 @@ class OutcomeStore(SQLiteFile):
             if read_only:
                 self._check_schema()
             else:
-                conn.execute("PRAGMA journal_mode = WAL")
-                self._migrate()
+                self._prepare(timeout_s)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(

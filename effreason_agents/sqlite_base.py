@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,21 @@ def split_statements(sql: str) -> list[str]:
     if buffer.strip(" \t\r\n;"):
         raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
     return statements
+
+
+_OPEN_LOCKS: dict[str, threading.Lock] = {}
+_OPEN_LOCKS_GUARD = threading.Lock()
+
+
+def _open_lock(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _OPEN_LOCKS_GUARD:
+        return _OPEN_LOCKS.setdefault(key, threading.Lock())
+
+
+def _busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class SQLiteFile:
@@ -69,6 +85,24 @@ class SQLiteFile:
     def applied_migrations(self) -> list[str]:
         """Names of the migrations applied to this file, in the order applied."""
         return [row["name"] for row in self._query("SELECT name FROM _migrations ORDER BY rowid")]
+
+    def _prepare(self, timeout_s: float) -> None:
+        """Switch to WAL and apply the migrations. Opening the same file from several
+        threads is serialized here, and a file another process is setting up is retried
+        until ``timeout_s`` (SQLite's journal-mode switch does not wait on its busy timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with _open_lock(self.path):
+            while True:
+                try:
+                    conn = self._db()
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    self._migrate()
+                    return
+                except (sqlite3.OperationalError, EffReasonError) as exc:
+                    if not _busy(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
 
     def _migrate(self) -> None:
         conn = self._db()

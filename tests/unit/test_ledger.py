@@ -353,3 +353,32 @@ def test_concurrent_requests_never_overspend(tmp_path: Path, shared: bool) -> No
         assert led.reserved(thread) == Usage()
         statuses = dict(rows(path, "SELECT key, status FROM reservations"))
         assert statuses == {f"req-{i}": "committed" for i in ran}  # the refused left no row
+
+
+def test_many_openers_of_a_new_ledger_at_once(tmp_path: Path) -> None:
+    """Threads and processes opening the same fresh file all get a usable ledger (the WAL
+    switch and the migrations are serialized / retried instead of failing with 'locked')."""
+    import subprocess
+    import sys
+    import threading
+
+    from effreason_agents.ledger import BudgetLedger
+
+    path = tmp_path / "fresh.sqlite"
+    code = f"from effreason_agents.ledger import BudgetLedger; BudgetLedger({str(path)!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            BudgetLedger(path).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
