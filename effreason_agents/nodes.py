@@ -46,6 +46,7 @@ from langgraph.runtime import Runtime
 from . import __version__
 from .budget import Spend, effective_budget, worst_case_cost
 from .calibrator import Calibrator, CalibratorSet, load_calibrators
+from .callbacks import attempt_config
 from .classifier import answer_type_of, classify_difficulty
 from .config import DEFAULT_CONFIDENCE_THRESHOLD, Config, LimitConfig
 from .errors import ConfigError, EffReasonError, InvalidQuestionError, StoreError, TierError
@@ -484,6 +485,7 @@ class ReasoningNodes:
                     stop=prompt.stop,
                     reasoning_effort=strategy.reasoning_effort,
                     thinking_budget=strategy.thinking_budget,
+                    config=attempt_config(arm, difficulty=state.get("difficulty"), attempt=len(attempts)),
                 )
         except TierError as exc:
             ledger.release(key)

@@ -89,3 +89,21 @@ def test_a_missing_question_key_is_a_clear_error(make_graph: Any) -> None:
     with pytest.raises(InvalidQuestionError, match="no 'question' key"):
         builder.compile().invoke({"steps": []})
     assert h.small.calls == []
+
+
+def test_each_tier_call_is_labelled_for_traces(make_graph: Any) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    seen: list[dict[str, Any]] = []
+
+    class Spy(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, *, metadata: Any = None, tags: Any = None,
+                                **kw: Any) -> None:
+            seen.append({"metadata": dict(metadata or {}), "tags": list(tags or [])})
+
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    h.graph.invoke({"question": "What is 2 + 3?"}, {"callbacks": [Spy()]})
+    arms = [s["metadata"].get("effreason_arm") for s in seen]
+    assert arms == ["small:direct", "large:cot"]
+    assert seen[1]["metadata"]["effreason_tier"] == "large"
+    assert seen[0]["metadata"]["effreason_difficulty"] == "easy"
