@@ -1,0 +1,364 @@
+"""ChatCostAware with scripted tiers (no model, no network): usage, metadata, streaming,
+callbacks, bad input refused before any call, and the parameters that change the config."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from effreason_agents.chat_model import ChatCostAware, messages_to_question, result_message
+from effreason_agents.config import Config
+from effreason_agents.errors import InvalidQuestionError
+
+from test_graph import EASY, large_reply, make_graph, small_reply  # noqa: F401  (fixture)
+
+
+def model_for(h: Any, **kw: Any) -> ChatCostAware:
+    return ChatCostAware(graph=h.graph, **kw)
+
+
+def no_calls(h: Any) -> None:
+    assert h.small.calls == [] and h.large.calls == []
+
+
+# -- answers, usage, metadata ------------------------------------------------------------
+
+
+def test_confident_answer_message(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    msg = model_for(h).invoke(EASY)
+    assert isinstance(msg, AIMessage)
+    assert msg.content == "5"
+    assert msg.usage_metadata == {"input_tokens": 50, "output_tokens": 3, "total_tokens": 53}
+    meta = msg.response_metadata
+    assert meta["model_name"] == "small-served"
+    assert meta["model_provider"] == "effreason"
+    assert meta["arms_tried"] == ["small:direct"]
+    assert meta["escalated"] is False
+    assert meta["confidence"] == pytest.approx(0.9)
+    assert meta["cost_usd"] == "0.0000056"
+    assert meta["status"] == "answered"
+    assert meta["finish_reason"] == "stop"
+    assert meta["request_id"]
+    (call,) = h.small.calls
+    assert EASY in str(call[-1].content)
+
+
+def test_escalation_sums_usage_and_names_the_answering_model(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    msg = model_for(h).invoke([HumanMessage(EASY)])
+    assert msg.content == "5"
+    assert msg.usage_metadata == {"input_tokens": 150, "output_tokens": 23, "total_tokens": 173}
+    meta = msg.response_metadata
+    assert meta["model_name"] == "large-served"
+    assert meta["arms_tried"] == ["small:direct", "large:cot"]
+    assert meta["escalated"] is True
+    assert meta["cost_usd"] == "0.0002056"
+
+
+def test_outcome_logged_unless_log_false(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9), small_reply("5", 0.9)])
+    first = model_for(h).invoke(EASY)
+    second = model_for(h, log=False).invoke(EASY)
+    store = h.store()
+    assert store.get_request(first.response_metadata["request_id"]) is not None
+    assert store.get_request(second.response_metadata["request_id"]) is None
+
+
+def test_failed_request_still_answers_with_text(make_graph: Any) -> None:
+    from test_graph import unreachable
+
+    h = make_graph(small=[unreachable()], large=[unreachable()])
+    msg = model_for(h).invoke(EASY)
+    assert msg.response_metadata["status"] == "failed"
+    assert msg.content.startswith("I couldn't find an answer")
+    assert msg.usage_metadata["total_tokens"] == 0
+
+
+def test_stop_sequences_cut_the_answer() -> None:
+    result = {"answer": "5 apples", "status": "answered", "final_attempt": 0,
+              "attempts": [{"model": "m", "input_tokens": 1, "output_tokens": 2}]}
+    assert result_message(result, stop=[" app"]).content == "5"
+    assert result_message(result).content == "5 apples"
+
+
+def test_context_fields_reach_the_graph(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    msg = model_for(h, thread_id="t1", user_id="ann").invoke(EASY)
+    row = h.store().get_request(msg.response_metadata["request_id"])
+    assert (row.thread_id, row.user_id) == ("t1", "ann")
+
+
+def test_confidence_threshold_field(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("4", 0.5)], large=[large_reply("5", 0.95)])
+    msg = model_for(h, confidence_threshold=0.3).invoke(EASY)
+    assert msg.content == "4" and h.large.calls == []
+
+
+
+def test_configurable_fields_at_runtime(make_graph: Any) -> None:
+    from langchain_core.runnables import ConfigurableField
+
+    h = make_graph(small=[small_reply("4", 0.5), small_reply("4", 0.5)], large=[large_reply("5", 0.95)])
+    m = model_for(h, confidence_threshold=0.3).configurable_fields(
+        confidence_threshold=ConfigurableField(id="threshold")
+    )
+    assert m.invoke(EASY).content == "4" and h.large.calls == []
+    escalated = m.invoke(EASY, config={"configurable": {"threshold": 0.9}})
+    assert escalated.content == "5" and escalated.response_metadata["escalated"] is True
+
+# -- conversation → question -------------------------------------------------------------
+
+
+def test_history_and_system_become_the_question() -> None:
+    q = messages_to_question(
+        [
+            SystemMessage("Answer with a number."),
+            HumanMessage("What is 2 + 3?"),
+            AIMessage("5", response_metadata={"answered": True}),
+            HumanMessage("And times 2?"),
+        ]
+    )
+    assert q.startswith("Instructions: Answer with a number.")
+    assert "Q: What is 2 + 3?\nA: 5" in q
+    assert q.endswith("Now answer this question: And times 2?")
+
+
+def test_tool_results_after_the_question_are_context() -> None:
+    q = messages_to_question(
+        [
+            HumanMessage("What is 2 + 3?"),
+            AIMessage("", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}]),
+            ToolMessage("5", tool_call_id="c1", name="add"),
+        ]
+    )
+    assert q == "What is 2 + 3?\n\nTool result (add): 5"
+
+
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([], "no messages"),
+        ([SystemMessage("be brief")], "no human message"),
+        ([AIMessage("hi")], "no human message"),
+        ([HumanMessage("   ")], "empty"),
+        ([HumanMessage("hi"), ToolMessage("5", tool_call_id="nope")], "no earlier AIMessage"),
+        ([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])], "text only"),
+        ([HumanMessage([{"type": "text", "text": "hi"}, {"type": "audio", "base64": "AAA", "mime_type": "audio/wav"}])],
+         "text only"),
+    ],
+)
+def test_bad_input_raises_value_error_before_any_call(make_graph: Any, messages: list[Any], match: str) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    with pytest.raises(ValueError, match=match):
+        model_for(h).invoke(messages)
+    no_calls(h)
+
+
+def test_no_human_message_is_an_invalid_question(make_graph: Any) -> None:
+    h = make_graph()
+    with pytest.raises(InvalidQuestionError):
+        model_for(h).invoke([SystemMessage("x")])
+
+
+def test_text_blocks_are_accepted(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    msg = model_for(h).invoke([HumanMessage([{"type": "text", "text": "What is "}, "2 + 3?"])])
+    assert msg.content == "5"
+
+
+def test_per_call_kwargs_are_refused_before_any_call(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    with pytest.raises(ValueError, match="per-call arguments"):
+        model_for(h).invoke(EASY, model="other")
+    no_calls(h)
+
+
+# -- streaming, async, batch, callbacks ----------------------------------------------------
+
+
+def test_stream_yields_the_answer_with_usage_on_the_last_chunk(make_graph: Any) -> None:
+    long = "12345678901234567890123"
+    h = make_graph(small=[small_reply(long, 0.9)])
+    chunks = list(model_for(h).stream(EASY))
+    assert len(chunks) == 2
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert "".join(str(c.content) for c in chunks) == long
+    assert chunks[0].usage_metadata is None
+    assert chunks[-1].usage_metadata == {"input_tokens": 50, "output_tokens": 3, "total_tokens": 53}
+    total = chunks[0] + chunks[1]
+    assert total.usage_metadata["total_tokens"] == 53
+    assert total.response_metadata["model_name"] == "small-served"
+
+
+def test_streaming_field_makes_invoke_stream(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    tokens: list[str] = []
+
+    class H(BaseCallbackHandler):
+        def on_llm_new_token(self, token: str, **kw: Any) -> None:
+            tokens.append(token)
+
+    msg = model_for(h, streaming=True).invoke(EASY, config={"callbacks": [H()]})
+    assert msg.content == "5" and tokens == ["5"]
+    assert msg.usage_metadata["total_tokens"] == 53
+
+
+def test_async_and_batch(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9), small_reply("7", 0.9), small_reply("9", 0.9)])
+    m = model_for(h)
+    first = asyncio.run(m.ainvoke(EASY))
+    assert first.content == "5"
+    rest = m.batch([EASY, EASY], config={"max_concurrency": 1})
+    assert sorted(r.content for r in rest) == ["7", "9"]
+
+
+def test_astream(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+
+    async def run() -> list[Any]:
+        return [c async for c in model_for(h).astream(EASY)]
+
+    chunks = asyncio.run(run())
+    assert "".join(str(c.content) for c in chunks) == "5"
+    assert chunks[-1].usage_metadata["total_tokens"] == 53
+
+
+class Recorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.starts: list[dict[str, Any]] = []
+        self.ends: list[Any] = []
+        self.parents: list[UUID | None] = []
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
+                            **kw: Any) -> None:
+        self.starts.append(kw.get("metadata") or {})
+        self.parents.append(parent_run_id)
+
+    def on_llm_end(self, response: Any, **kw: Any) -> None:
+        self.ends.append(response)
+
+
+def test_callbacks_see_the_call_and_the_nested_tier_call(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    rec = Recorder()
+    model_for(h).invoke(EASY, config={"callbacks": [rec]})
+    outer = rec.starts[0]
+    assert outer["ls_provider"] == "effreason" and outer["ls_model_type"] == "chat"
+    assert len(rec.starts) == 2 and rec.parents[0] is None and rec.parents[1] is not None  # the tier's call nests
+    assert len(rec.ends) == 2
+    final = rec.ends[-1]
+    assert final.generations[0][0].message.content == "5"
+
+
+def test_chain_with_prompt_and_parser(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    chain = ChatPromptTemplate.from_messages([("user", "{q}")]) | model_for(h) | StrOutputParser()
+    assert chain.invoke({"q": EASY}) == "5"
+
+
+# -- configuration, tools, structured output -------------------------------------------------
+
+
+def test_import_is_lazy() -> None:
+    import subprocess
+
+    code = "import sys, effreason_agents; assert 'langchain_core' not in sys.modules; " \
+           "from effreason_agents import ChatCostAware; print(ChatCostAware.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ChatCostAware"
+
+
+def test_standard_params_change_the_config(tmp_path: Any) -> None:
+    m = ChatCostAware(config={"store": {"path": str(tmp_path / "o.sqlite")}}, max_tokens=50, temperature=0.3,
+                      timeout=7, max_retries=0)
+    c = m.effective_config()
+    assert isinstance(c, Config)
+    assert c.strategies["cot"].max_tokens == 50 and c.strategies["direct"].max_tokens == 24
+    assert c.strategies["cot"].temperature == 0.3 and c.strategies["sc"].temperature == 0.7
+    assert {t.timeout_s for t in c.tiers.values()} == {7.0}
+    assert {t.max_retries for t in c.tiers.values()} == {0}
+
+
+def test_from_config_toml_and_dict(tmp_path: Any) -> None:
+    p = tmp_path / "effreason.toml"
+    p.write_text('ladder = ["small:direct"]\n[store]\npath = "%s"\n' % (tmp_path / "o.sqlite"))
+    m = ChatCostAware.from_config(str(p), thread_id="t")
+    assert [a.name for a in m.effective_config().ladder] == ["small:direct"] and m.thread_id == "t"
+    d = ChatCostAware.from_config({"ladder": ["small:cot"]})
+    assert [a.name for a in d.effective_config().ladder] == ["small:cot"]
+    with pytest.raises(ValueError):
+        ChatCostAware.from_config({"ladder": ["nope:direct"]})
+
+
+def test_api_key_enables_the_remote_tier_without_calling_it(monkeypatch: Any) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    m = ChatCostAware(api_key="sk-test", tools_tier="large")
+    tool_model = m.tool_chat_model()
+    assert tool_model.openai_api_key.get_secret_value() == "sk-test"
+    assert m._environ(m.effective_config())["OPENAI_API_KEY"] == "sk-test"
+
+
+def test_bind_tools_goes_to_one_tier_without_starting_the_embedded_server() -> None:
+    from langchain_core.runnables import RunnableBinding
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    m = ChatCostAware(max_tokens=40)
+    bound = m.bind_tools([add], tool_choice="any")
+    assert isinstance(bound, RunnableBinding)
+    assert bound.kwargs["tools"][0]["function"]["name"] == "add"
+    assert bound.bound.model_name == "SmolLM2-135M-Instruct"
+    assert bound.bound._resolve_base_url is not None  # resolved (server started) on first call only
+    assert m.with_structured_output({"title": "X", "type": "object", "properties": {"a": {"type": "integer"}}}) is not None
+
+
+def test_unknown_tools_tier() -> None:
+    with pytest.raises(ValueError, match="tools_tier"):
+        ChatCostAware(tools_tier="nope").bind_tools([])
+
+
+def test_ls_params() -> None:
+    m = ChatCostAware(max_tokens=10, stop=["x"], temperature=0.0)
+    p = m._get_ls_params()
+    assert p["ls_provider"] == "effreason" and p["ls_model_name"] == "effreason-cost-aware"
+    assert p["ls_max_tokens"] == 10 and p["ls_stop"] == ["x"] and p["ls_temperature"] == 0.0
+    assert m._llm_type == "effreason-cost-aware"
+
+
+def test_graph_is_built_once_and_closed(tmp_path: Any) -> None:
+    import threading
+
+    m = ChatCostAware(config={"store": {"path": str(tmp_path / "o.sqlite")}})
+    graphs: list[Any] = []
+    threads = [threading.Thread(target=lambda: graphs.append(m.reasoning_graph())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(g) for g in graphs}) == 1
+    m.close()
+    assert m.reasoning_graph() is not graphs[0]
+    m.close()
+
+
+def test_non_text_blocks_in_earlier_ai_replies_are_skipped() -> None:
+    q = messages_to_question(
+        [
+            HumanMessage("What is 2 + 3?"),
+            AIMessage([{"type": "reasoning", "reasoning": "add"}, {"type": "text", "text": "5"}],
+                      response_metadata={"answered": True}),
+            HumanMessage("And 3 + 4?"),
+        ]
+    )
+    assert "A: 5" in q and q.endswith("Now answer this question: And 3 + 4?")
