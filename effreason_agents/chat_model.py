@@ -47,7 +47,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 from .config import Config, config_from_data, default_config_data, load_config
 from .errors import ConfigError, InvalidQuestionError
 
-__all__ = ["ChatCostAware", "messages_to_question"]
+__all__ = ["ChatCostAware", "check_tool_messages", "messages_to_question"]
 
 LLM_TYPE = "effreason-cost-aware"
 PROVIDER = "effreason"
@@ -82,7 +82,9 @@ def _block_text(content: Any, where: str, strict: bool = True) -> str:
     return "".join(parts)
 
 
-def _check_tool_messages(messages: Sequence[BaseMessage]) -> None:
+def check_tool_messages(messages: Sequence[BaseMessage]) -> None:
+    """:class:`ValueError` for a :class:`ToolMessage` whose call no earlier :class:`AIMessage` made
+    (what an OpenAI-compatible server would refuse, caught before any model call)."""
     seen: set[str] = set()
     for i, m in enumerate(messages):
         if isinstance(m, AIMessage):
@@ -109,7 +111,7 @@ def messages_to_question(messages: Sequence[BaseMessage]) -> str:
         _block_text(m.content, f"messages[{i}] ({m.type})", strict=not isinstance(m, AIMessage))
         for i, m in enumerate(messages)
     ]
-    _check_tool_messages(messages)
+    check_tool_messages(messages)
     last = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
     if last is None:
         raise InvalidQuestionError("no human message to answer: add a HumanMessage (role 'user') with the question")

@@ -262,6 +262,11 @@ class CostAwareMiddleware(AgentMiddleware):
 
     # -- decisions --------------------------------------------------------------------
     def _start(self, request: ModelRequest) -> _Step:
+        from .chat_model import check_tool_messages
+
+        if not request.messages:
+            raise ValueError("no messages to send to the model: the agent's state has an empty message list")
+        check_tool_messages(request.messages)
         thread_id, user_id = self._ids(request)
         question = last_human_text(request.messages)
         if self.select is self.default_selector:

@@ -252,6 +252,16 @@ def test_failed_call_releases_its_hold_and_raises(harness: Any) -> None:
         assert ledger.spent(scope).total_tokens == 0
 
 
+def test_orphan_tool_message_is_refused_before_any_call(harness: Any) -> None:
+    from langchain_core.messages import ToolMessage
+
+    h = harness(small=[reply("5", 0.9)])
+    with pytest.raises(ValueError, match="tool_call_id 'call-9'"):
+        h.agent.invoke({"messages": [HumanMessage(EASY), ToolMessage("5", tool_call_id="call-9")]},
+                       {"configurable": {"thread_id": "t1"}})
+    assert h.small.calls == [] and h.services.ledger.reserved(Scope("thread", "t1")).total_tokens == 0
+
+
 def test_exhausted_budget_refuses_without_calling_a_model(harness: Any) -> None:
     h = harness(small=[reply("5", 0.9)])
     h.services.ledger.set_limits(Scope("thread", "t1"), LimitConfig(max_total_tokens=10))
