@@ -103,6 +103,11 @@ class ScriptedChat(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
+    def bind_tools(self, tools: Any, **kw: Any) -> "ScriptedChat":
+        """Records the tool names (an agent binds them) and answers from the script as before."""
+        self.client.bound_tools.append([getattr(t, "name", t) for t in tools])
+        return self
+
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
@@ -121,6 +126,7 @@ class FakeTierClient(TierClient):
         self.script = list(script)
         self.calls: list[list[BaseMessage]] = []
         self.settings: list[dict[str, Any]] = []
+        self.bound_tools: list[list[str]] = []
 
     def chat_model(self, **kwargs: Any) -> ScriptedChat:
         self.settings.append(kwargs)

@@ -15,9 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 from effreason_agents.config import Config, LimitConfig, config_from_data
@@ -25,10 +23,9 @@ from effreason_agents.errors import ConfigError
 from effreason_agents.ledger import Scope, from_micro, to_micro
 from effreason_agents.middleware import CostAwareMiddleware, DifficultySelector
 from effreason_agents.nodes import Services
-from effreason_agents.tiers import TierClient
 
-ENVIRON = {"LARGE_KEY": "sk-test"}
-EASY = "What is 2 + 3?"
+from test_graph import EASY, ENVIRON, FakeTierClient, ScriptedChat
+
 HARD = "Prove that the derivative of x^2 is 2x step by step, then explain why the integral of 2x is x^2."
 
 
@@ -48,43 +45,6 @@ def reply(text: str, p: float | None, *, input_tokens: int = 50, output_tokens: 
                         "total_tokens": input_tokens + output_tokens},
         response_metadata=meta,
     )
-
-
-class ScriptedChat(BaseChatModel):
-    client: Any
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    def bind_tools(self, tools: Any, **kw: Any) -> "ScriptedChat":
-        self.client.bound_tools.append([getattr(t, "name", t) for t in tools])
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
-        self.client.calls.append(list(messages))
-        if not self.client.script:
-            raise AssertionError(f"tier {self.client.name!r} called more often than scripted")
-        item = self.client.script.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        return ChatResult(generations=[ChatGeneration(message=item)])
-
-
-class FakeTierClient(TierClient):
-    def __init__(self, name: str, config: Config, script: list[Any]) -> None:
-        super().__init__(name, config.tiers[name], config, ENVIRON)
-        self.script = list(script)
-        self.calls: list[list[BaseMessage]] = []
-        self.settings: list[dict[str, Any]] = []
-        self.bound_tools: list[list[str]] = []
-
-    def chat_model(self, **kwargs: Any) -> ScriptedChat:
-        self.settings.append(kwargs)
-        return ScriptedChat(client=self)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
 
 
 def make_config(tmp: Path, *, budget: dict[str, Any] | None = None, escalation: dict[str, Any] | None = None,
