@@ -147,9 +147,14 @@ class CostCallbackHandler(UsageMetadataCallbackHandler):
             generation = None
         usage = None
         served = None
+        exact: tuple[Decimal, str | None] | None = None
         if isinstance(generation, ChatGeneration) and isinstance(generation.message, AIMessage):
             usage = generation.message.usage_metadata
-            served = generation.message.response_metadata.get("model_name")
+            meta = generation.message.response_metadata
+            served = meta.get("model_name")
+            if meta.get("model_provider") == "effreason" and meta.get("cost_usd") is not None:
+                # a ChatCostAware call: its usage and exact cost cover every attempt
+                exact = (Decimal(str(meta["cost_usd"])), meta.get("tier"))
         with self._lock:
             requested, labelled = self._runs.pop(run_id, (None, None)) if run_id is not None else (None, None)
             if not usage:
@@ -161,8 +166,8 @@ class CostCallbackHandler(UsageMetadataCallbackHandler):
             if served:
                 prev = self.usage_metadata.get(served)
                 self.usage_metadata[served] = usage if prev is None else add_usage(prev, usage)
-            tier = self.tier_of(requested, served, labelled)
-            cost = self.price(model, tier, usage)
+            tier = exact[1] if exact is not None else self.tier_of(requested, served, labelled)
+            cost = exact[0] if exact is not None else self.price(model, tier, usage)
             self.calls_by_model[model] = self.calls_by_model.get(model, 0) + 1
             if cost is None:
                 self.unpriced_models.add(model)

@@ -15,15 +15,15 @@ and returns an :class:`~langchain_core.messages.AIMessage` with the final answer
 ``usage_metadata`` summed over every attempt and ``response_metadata`` naming the model
 of the tier that answered, the arms tried, confidence, cost and status.
 
-Tool calling (:meth:`ChatCostAware.bind_tools`) and structured output
-(:meth:`ChatCostAware.with_structured_output`) bypass the graph: they are passed to one
-tier's ``ChatOpenAI`` (``tools_tier``, default the tier of the first usable arm on the
-ladder), so they are neither escalated nor logged in the outcome store.
+Calls with tools (:meth:`ChatCostAware.bind_tools`) or structured output
+(:meth:`ChatCostAware.with_structured_output`) do not run the reasoning strategies: they go
+to the tier :class:`~effreason_agents.middleware.CostAwareMiddleware` picks for the question
+(or ``tools_tier``), held in the same budget ledger and escalated once on a low-confidence
+reply without tool calls. They are not written to the outcome store.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -42,6 +43,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from .config import Config, config_from_data, default_config_data, load_config
@@ -53,6 +55,9 @@ LLM_TYPE = "effreason-cost-aware"
 PROVIDER = "effreason"
 STREAM_CHUNK_CHARS = 16
 TEXT_BLOCK_TYPES = {"text"}
+TIER_CALL_KWARGS = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
+"""Per-call arguments (set by :meth:`ChatCostAware.bind_tools` / :meth:`~ChatCostAware.with_structured_output`)
+that send the call to one tier instead of the reasoning graph."""
 
 
 # -- input checks (pure, before any model call) ------------------------------------------
@@ -133,76 +138,6 @@ def messages_to_question(messages: Sequence[BaseMessage]) -> str:
     return text
 
 
-# -- a ChatOpenAI whose endpoint is resolved on first call ----------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _deferred_chat_openai() -> type:
-    """A :class:`ChatOpenAI` subclass whose ``base_url`` is resolved at the first call, so binding
-    tools to the embedded tier does not start the llama.cpp server."""
-    from langchain_openai import ChatOpenAI
-
-    class DeferredEndpointChatOpenAI(ChatOpenAI):
-        _resolve_base_url: Any = PrivateAttr(default=None)
-        _endpoint_lock: Any = PrivateAttr(default_factory=threading.Lock)
-
-        def _ensure_endpoint(self) -> None:
-            if self._resolve_base_url is None:
-                return
-            with self._endpoint_lock:
-                resolve = self._resolve_base_url
-                if resolve is None:
-                    return
-                url = resolve()
-                self.openai_api_base = url
-                for client in (self.root_client, self.root_async_client):
-                    if client is not None:
-                        client.base_url = url
-                self._resolve_base_url = None
-
-        def _generate(self, *args: Any, **kwargs: Any) -> Any:
-            self._ensure_endpoint()
-            return super()._generate(*args, **kwargs)
-
-        async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
-            import asyncio
-
-            await asyncio.to_thread(self._ensure_endpoint)
-            return await super()._agenerate(*args, **kwargs)
-
-        def _stream(self, *args: Any, **kwargs: Any) -> Any:
-            self._ensure_endpoint()
-            yield from super()._stream(*args, **kwargs)
-
-        async def _astream(self, *args: Any, **kwargs: Any) -> Any:
-            import asyncio
-
-            await asyncio.to_thread(self._ensure_endpoint)
-            async for chunk in super()._astream(*args, **kwargs):
-                yield chunk
-
-    return DeferredEndpointChatOpenAI
-
-
-PLACEHOLDER_BASE_URL = "http://127.0.0.1:9/v1"
-
-
-def deferred_tier_chat_model(client: Any, **settings: Any) -> Any:
-    """``client.chat_model(**settings)`` (a :class:`~effreason_agents.tiers.TierClient`), but for
-    the embedded engine the server is started only when the model is first called."""
-    from .tiers import TierClient
-
-    if client.tier.engine != "embedded":
-        return client.chat_model(**settings)
-    proxy = SimpleNamespace(tier=client.tier, name=client.name, api_key=client.api_key, base_url=lambda: PLACEHOLDER_BASE_URL)
-    plain = TierClient.chat_model(proxy, **settings)  # type: ignore[arg-type]
-    skip = {"client", "async_client", "root_client", "root_async_client", "http_client", "http_async_client"}
-    fields = {k: getattr(plain, k) for k in plain.model_fields_set if k not in skip}
-    model = _deferred_chat_openai()(**fields, stream_usage=True)
-    model._resolve_base_url = client.base_url
-    return model
-
-
 # -- the chat model ----------------------------------------------------------------------
 
 
@@ -241,8 +176,8 @@ class ChatCostAware(BaseChatModel):
     streaming: bool = False
     """``invoke`` streams (through :meth:`_stream`) when true."""
     tools_tier: str | None = None
-    """The tier that answers :meth:`bind_tools` / :meth:`with_structured_output` (default: the
-    tier of the first usable arm on the ladder)."""
+    """Send every call with bound tools or structured output to this tier (default: the tier
+    picked per request from the question's difficulty, or the router)."""
     graph: Any = Field(default=None, exclude=True, repr=False)
     """A prebuilt reasoning graph (tests); it must carry ``.services`` like
     :func:`~effreason_agents.graph.build_reasoning_graph`'s."""
@@ -250,6 +185,7 @@ class ChatCostAware(BaseChatModel):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _graph: Any = PrivateAttr(default=None)
     _config: Config | None = PrivateAttr(default=None)
+    _middleware: Any = PrivateAttr(default=None)
 
     # -- construction --------------------------------------------------------------
     @classmethod
@@ -330,7 +266,7 @@ class ChatCostAware(BaseChatModel):
         """Close the outcome store and budget ledger of the graph this model built (a later
         call reopens them). A graph passed in as ``graph`` is left to its owner."""
         with self._lock:
-            graph, self._graph = self._graph, None
+            graph, self._graph, self._middleware = self._graph, None, None
         services = getattr(graph, "services", None)
         if services is not None:
             services.close()
@@ -386,15 +322,18 @@ class ChatCostAware(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None,
         kwargs: Mapping[str, Any],
     ) -> AIMessage:
-        unknown = sorted(set(kwargs) - {"stream"})
+        unknown = sorted(set(kwargs) - {"stream"} - TIER_CALL_KWARGS)
         if unknown:
             raise ValueError(
                 f"ChatCostAware does not take per-call arguments {unknown}: the graph picks the model and "
                 "its settings; set fields on the model instead (or use bind_tools / with_structured_output)"
             )
+        if any(kwargs.get(k) for k in TIER_CALL_KWARGS):
+            return self._tier_call(messages, stop, run_manager, kwargs)
         question = messages_to_question(messages)
         config = {"callbacks": _child_callbacks(run_manager)} if run_manager is not None else None
-        out = self.reasoning_graph().invoke({"question": question}, config=config, context=self._context())
+        graph = self.reasoning_graph()
+        out = _without_counting_hooks(graph.invoke, {"question": question}, config=config, context=self._context())
         return result_message(out["result"], stop=stop if stop is not None else self.stop)
 
     def _generate(
@@ -417,6 +356,12 @@ class ChatCostAware(BaseChatModel):
         """Runs the graph, then yields the final answer in pieces; ``usage_metadata`` and
         ``response_metadata`` come on the last chunk only (so summing chunks counts once)."""
         message = self._answer(messages, stop, run_manager, kwargs)
+        if message.tool_calls or not isinstance(message.content, str):
+            generation = ChatGenerationChunk(message=_whole_chunk(message))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(str(message.text), chunk=generation)
+            yield generation
+            return
         text = str(message.content)
         pieces = [text[i : i + STREAM_CHUNK_CHARS] for i in range(0, len(text), STREAM_CHUNK_CHARS)] or [""]
         for i, piece in enumerate(pieces):
@@ -433,47 +378,234 @@ class ChatCostAware(BaseChatModel):
                 run_manager.on_llm_new_token(piece, chunk=generation)
             yield generation
 
-    # -- tools and structured output (bypass the graph) ----------------------------
-    def tool_chat_model(self) -> Any:
-        """The tier's ``ChatOpenAI`` that tool calling and structured output are sent to."""
-        config = self.effective_config()
-        environ = self._environ(config)
-        name = self.tools_tier
-        if name is None:
-            ladder = config.usable_ladder(environ)
-            if not ladder:
-                raise ConfigError("no enabled tier on the escalation ladder: enable a tier or set its API key")
-            name = ladder[0].tier
-        if name not in config.tiers:
-            raise ConfigError(f"tools_tier {name!r} is not a configured tier (known: {', '.join(sorted(config.tiers))})")
-        from .tiers import TierClient
+    # -- tools and structured output (one tier per call, through CostAwareMiddleware) ----
+    def tool_middleware(self) -> Any:
+        """The :class:`~effreason_agents.middleware.CostAwareMiddleware` that answers calls with
+        bound tools or a response format, sharing this model's tier clients and budget ledger."""
+        graph = self.reasoning_graph()
+        with self._lock:
+            if self._middleware is None:
+                from .middleware import DEFAULT_MAX_TOKENS, CostAwareMiddleware
 
-        client = TierClient(name, config.tiers[name], config, environ)
-        caps = [config.arm_max_tokens(a) for a in config.ladder if a.tier == name]
-        max_tokens = self.max_tokens or max(caps or [config.strategies[config.ladder[0].strategy].max_tokens])
-        return deferred_tier_chat_model(
-            client, max_tokens=max_tokens, temperature=self.temperature or 0.0, stop=self.stop or None, want_logprobs=False
+                config = graph.services.config
+                self._check_tools_tier(config)
+                tier = self.tools_tier
+                self._middleware = CostAwareMiddleware(
+                    services=graph.services,
+                    select=(lambda _request: tier) if tier else None,
+                    max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS,
+                    temperature=self.temperature or 0.0,
+                    confidence_threshold=self.confidence_threshold,
+                )
+            return self._middleware
+
+    def _check_tools_tier(self, config: Config) -> None:
+        if self.tools_tier is not None and self.tools_tier not in config.tiers:
+            raise ConfigError(
+                f"tools_tier {self.tools_tier!r} is not a configured tier (known: {', '.join(sorted(config.tiers))})"
+            )
+
+    def _tier_call(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: Mapping[str, Any],
+    ) -> AIMessage:
+        """One model call with the bound tools / response format, on the tier the middleware picks
+        (difficulty or router, or ``tools_tier``), held in the budget ledger, escalated once on a
+        low-confidence reply without tool calls."""
+        from langchain.agents.middleware import ModelRequest
+
+        messages_to_question(messages)  # the same bad-input checks as a graph call
+        middleware = self.tool_middleware()
+        system = [str(_block_text(m.content, "system message")).strip() for m in messages if isinstance(m, SystemMessage)]
+        rest = [m for m in messages if not isinstance(m, SystemMessage)]
+        request = ModelRequest(
+            model=self,
+            messages=rest,
+            system_message=SystemMessage("\n".join(t for t in system if t)) if any(system) else None,
+            tools=list(kwargs.get("tools") or []),
+            tool_choice=kwargs.get("tool_choice"),
+            state={"messages": rest},
+            runtime=SimpleNamespace(context={"thread_id": self.thread_id, "user_id": self.user_id}),
+        )
+        config = {"callbacks": _child_callbacks(run_manager)} if run_manager is not None else {"callbacks": []}
+        call_kwargs = {k: v for k, v in kwargs.items() if k in TIER_CALL_KWARGS}
+
+        def handler(req: Any) -> AIMessage:
+            sent = ([req.system_message] if req.system_message is not None else []) + list(req.messages)
+            return req.model.invoke(sent, config=config, stop=stop if stop is not None else self.stop, **call_kwargs)
+
+        reply = _without_counting_hooks(middleware.wrap_model_call, request, handler)
+        info = dict(reply.response_metadata.get("effreason") or {})
+        meta = {
+            **reply.response_metadata,
+            "model_name": info.get("model") or reply.response_metadata.get("model_name"),
+            "model_provider": PROVIDER,
+            "tier": info.get("tier"),
+            "arms_tried": [f"{t}:tools" for t in info.get("tiers_tried") or []],
+            "escalated": bool(info.get("escalated")),
+            "confidence": info.get("confidence"),
+            "cost_usd": info.get("cost_usd", "0"),
+            "status": info.get("status"),
+            "answered": info.get("status") != "budget_exhausted",
+        }
+        i, o = int(info.get("input_tokens") or 0), int(info.get("output_tokens") or 0)
+        return reply.model_copy(
+            update={"response_metadata": meta, "usage_metadata": {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}}
         )
 
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
-        """Tools bound to :meth:`tool_chat_model` (one tier; no escalation, not logged)."""
-        return self.tool_chat_model().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (anything :func:`~langchain_core.utils.function_calling.convert_to_openai_tool`
+        accepts). Each call then goes to one tier, picked per request like
+        :class:`~effreason_agents.middleware.CostAwareMiddleware` does (or ``tools_tier``), with its
+        worst case held in the budget ledger; a reply without tool calls and with low confidence
+        is retried once on the next tier. ``tool_choice``: a tool name, ``"auto"``, ``"none"``,
+        ``"any"``/``"required"``/``True``, or an OpenAI tool-choice dict."""
+        from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Any:
-        """Structured output from :meth:`tool_chat_model` (one tier; no escalation, not logged)."""
-        return self.tool_chat_model().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        self._check_tools_tier(self.effective_config())
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = {t["function"]["name"] for t in formatted if "function" in t}
+        if tool_choice is not None and tool_choice is not False:
+            if tool_choice is True or tool_choice == "any":
+                tool_choice = "required"
+            elif isinstance(tool_choice, str) and tool_choice in names:
+                tool_choice = {"type": "function", "function": {"name": tool_choice}}
+            elif not isinstance(tool_choice, (str, dict)):
+                raise ValueError(f"tool_choice must be a tool name, 'auto', 'none', 'any', True or a dict, got {tool_choice!r}")
+            kwargs["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(tools=formatted, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        method: str = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Output parsed into ``schema`` (a pydantic model, TypedDict or JSON schema), from one
+        tier per call as for :meth:`bind_tools`. ``method``: ``"json_schema"`` (the server
+        constrains the output to the schema; llama.cpp and vLLM do), ``"function_calling"`` or
+        ``"json_mode"``. With ``include_raw=True`` the result is ``{"raw", "parsed",
+        "parsing_error"}``."""
+        from operator import itemgetter
+
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        if method not in ("json_schema", "function_calling", "json_mode"):
+            raise ValueError(f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"schema is required with method={method!r}")
+        if strict is not None and method == "json_mode":
+            raise ValueError("strict is not supported with method='json_mode'")
+        pydantic_v2 = isinstance(schema, type) and is_basemodel_subclass(schema) and hasattr(schema, "model_validate")
+        pydantic_any = isinstance(schema, type) and (pydantic_v2 or hasattr(schema, "parse_obj"))
+        if method == "json_schema" and pydantic_any and not pydantic_v2:
+            method = "function_calling"  # a pydantic v1 model has no JSON schema for response_format
+        ls_format = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, strict=strict, ls_structured_output_format=ls_format, **kwargs)
+            parser: Runnable = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if pydantic_any
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        else:
+            if method == "json_mode":
+                response_format: dict[str, Any] = {"type": "json_object"}
+            else:
+                fn = convert_to_openai_tool(schema, strict=strict)["function"]
+                spec = {"name": fn["name"], "schema": fn["parameters"]}
+                if fn.get("description"):
+                    spec["description"] = fn["description"]
+                if strict is not None:
+                    spec["strict"] = strict
+                response_format = {"type": "json_schema", "json_schema": spec}
+            llm = self.bind(response_format=response_format, ls_structured_output_format=ls_format, **kwargs)
+            parser = PydanticOutputParser(pydantic_object=schema) if pydantic_v2 else JsonOutputParser()
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
 
 def _child_callbacks(run_manager: CallbackManagerForLLMRun) -> Any:
     """Callbacks for the graph run inside this chat-model run (LLM run managers have no
-    ``get_child``): the inheritable handlers, tags and metadata, parented to this run."""
+    ``get_child``): the inheritable tags and metadata, and the inheritable *tracers* (LangSmith,
+    console, event streams), parented to this run, so traces show every tier call nested under it.
+
+    Other handlers see this chat-model run only: its message already carries the usage summed
+    over every attempt, and counting the tier calls as well would count them twice (as
+    ``get_usage_metadata_callback`` would)."""
     from langchain_core.callbacks import CallbackManager
+    from langchain_core.tracers.base import BaseTracer
 
     manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
+    manager.set_handlers([h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)])
     manager.add_tags(run_manager.inheritable_tags)
     manager.add_metadata(run_manager.inheritable_metadata)
     return manager
+
+
+def _without_counting_hooks(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a copy of the current context where the callback handlers
+    that LangChain adds to every run from a context variable (``get_usage_metadata_callback()``
+    and the like) are unset, unless they are tracers: the inner tier calls would otherwise be
+    counted as well as this run, whose message carries their summed usage."""
+    import contextvars
+
+    def run() -> Any:
+        try:
+            from langchain_core.tracers.base import BaseTracer
+            from langchain_core.tracers.context import _configure_hooks
+        except ImportError:  # another langchain-core layout: nothing to unset
+            return fn(*args, **kwargs)
+        for var, *_ in _configure_hooks:
+            value = var.get()
+            if value is not None and not isinstance(value, BaseTracer) and not isinstance(value, bool):
+                var.set(None)
+        return fn(*args, **kwargs)
+
+    return contextvars.copy_context().run(run)
+
+
+def _whole_chunk(message: AIMessage) -> AIMessageChunk:
+    """``message`` as one stream chunk (tool calls as tool-call chunks), the last of its stream."""
+    import json
+
+    from langchain_core.messages.tool import tool_call_chunk
+
+    return AIMessageChunk(
+        content=message.content,
+        id=message.id,
+        tool_call_chunks=[
+            tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc.get("id"), index=i)
+            for i, tc in enumerate(message.tool_calls)
+        ],
+        usage_metadata=message.usage_metadata,
+        response_metadata=dict(message.response_metadata),
+        additional_kwargs=dict(message.additional_kwargs),
+        chunk_position="last",
+    )
 
 
 # -- result → message (pure) -------------------------------------------------------------

@@ -175,7 +175,7 @@ class CostAwareMiddleware(AgentMiddleware):
             confidence; default ``None``: the heuristic. The shipped calibrators were fitted on the
             reasoning graph's prompts, not an agent's: opt in knowingly.
         calibrator_strategy: the strategy name the calibrators are looked up under.
-        thread_id_key: the ``configurable`` key holding the thread id.
+        thread_id_key: the key holding the thread id (in the run context, else ``configurable``).
         user_id_key: the context attribute / ``configurable`` / ``metadata`` key holding the user id.
     """
 
@@ -253,9 +253,15 @@ class CostAwareMiddleware(AgentMiddleware):
             cfg = {}
         configurable = cfg.get("configurable") or {}
         metadata = cfg.get("metadata") or {}
-        thread = configurable.get(self.thread_id_key)
         ctx = getattr(request.runtime, "context", None)
-        user = ctx.get(self.user_id_key) if isinstance(ctx, Mapping) else getattr(ctx, self.user_id_key, None)
+
+        def from_context(key: str) -> Any:
+            return ctx.get(key) if isinstance(ctx, Mapping) else getattr(ctx, key, None)
+
+        thread = from_context(self.thread_id_key)
+        if thread is None:
+            thread = configurable.get(self.thread_id_key)
+        user = from_context(self.user_id_key)
         if user is None:
             user = configurable.get(self.user_id_key, metadata.get(self.user_id_key))
         return (None if thread is None else str(thread)), (None if user is None else str(user))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, Iterator
 from uuid import UUID
 
 import pytest
@@ -247,17 +247,66 @@ class Recorder(BaseCallbackHandler):
         self.ends.append(response)
 
 
-def test_callbacks_see_the_call_and_the_nested_tier_call(make_graph: Any) -> None:
-    h = make_graph(small=[small_reply("5", 0.9)])
-    rec = Recorder()
-    model_for(h).invoke(EASY, config={"callbacks": [rec]})
-    outer = rec.starts[0]
-    assert outer["ls_provider"] == "effreason" and outer["ls_model_type"] == "chat"
-    assert len(rec.starts) == 2 and rec.parents[0] is None and rec.parents[1] is not None  # the tier's call nests
-    assert len(rec.ends) == 2
-    final = rec.ends[-1]
-    assert final.generations[0][0].message.content == "5"
+class RunCollector:
+    """A tracer (as LangSmith's is) that keeps every finished run."""
 
+    def __new__(cls) -> Any:
+        from langchain_core.tracers.base import BaseTracer
+
+        class _Collector(BaseTracer):
+            def __init__(self) -> None:
+                super().__init__()
+                self.runs: list[Any] = []
+
+            def _persist_run(self, run: Any) -> None:
+                pass
+
+            def _end_trace(self, run: Any) -> None:
+                super()._end_trace(run)
+                self.runs.append(run)
+
+        return _Collector()
+
+
+def walk(run: Any) -> Iterator[Any]:
+    yield run
+    for child in run.child_runs:
+        yield from walk(child)
+
+
+def test_handlers_see_the_call_and_tracers_the_nested_tier_call(make_graph: Any) -> None:
+    h = make_graph(small=[small_reply("5", 0.9)])
+    rec, tracer = Recorder(), RunCollector()
+    model_for(h).invoke(EASY, config={"callbacks": [rec, tracer]})
+    (outer,) = rec.starts  # a plain handler sees the chat-model run only
+    assert outer["ls_provider"] == "effreason" and outer["ls_model_type"] == "chat"
+    assert rec.parents == [None] and len(rec.ends) == 1
+    assert rec.ends[0].generations[0][0].message.content == "5"
+    (root,) = [r for r in tracer.runs if r.parent_run_id is None]  # a tracer sees the tier's call nested under it
+    llm_runs = [r for r in walk(root) if r.run_type == "llm"]
+    assert len(llm_runs) == 2 and llm_runs[0] is root
+
+
+def test_usage_callback_counts_each_token_once(make_graph: Any) -> None:
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    with get_usage_metadata_callback() as cb:
+        msg = model_for(h).invoke(EASY)
+    assert sum(u["total_tokens"] for u in cb.usage_metadata.values()) == msg.usage_metadata["total_tokens"] == 173
+
+
+
+def test_cost_callback_takes_the_exact_cost_of_every_attempt(make_graph: Any) -> None:
+    from decimal import Decimal
+
+    from effreason_agents.callbacks import cost_callback
+
+    h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
+    with cost_callback(h.config) as cb:
+        msg = model_for(h).invoke(EASY)
+    assert cb.total_cost_usd == Decimal(msg.response_metadata["cost_usd"]) > 0
+    assert cb.total_tokens == 173 and cb.cost_by_tier == {"large": cb.total_cost_usd}
 
 def test_chain_with_prompt_and_parser(make_graph: Any) -> None:
     h = make_graph(small=[small_reply("5", 0.9)])
@@ -299,33 +348,109 @@ def test_from_config_toml_and_dict(tmp_path: Any) -> None:
         ChatCostAware.from_config({"ladder": ["nope:direct"]})
 
 
-def test_api_key_enables_the_remote_tier_without_calling_it(monkeypatch: Any) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    m = ChatCostAware(api_key="sk-test", tools_tier="large")
-    tool_model = m.tool_chat_model()
-    assert tool_model.openai_api_key.get_secret_value() == "sk-test"
-    assert m._environ(m.effective_config())["OPENAI_API_KEY"] == "sk-test"
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
 
 
-def test_bind_tools_goes_to_one_tier_without_starting_the_embedded_server() -> None:
+def tool_reply(model: str = "small-served") -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "call-1"}],
+                     usage_metadata={"input_tokens": 60, "output_tokens": 9, "total_tokens": 69},
+                     response_metadata={"finish_reason": "tool_calls", "model_name": model})
+
+
+def test_bind_tools_makes_no_call_and_starts_no_server() -> None:
     from langchain_core.runnables import RunnableBinding
 
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
     m = ChatCostAware(max_tokens=40)
-    bound = m.bind_tools([add], tool_choice="any")
-    assert isinstance(bound, RunnableBinding)
+    bound = m.bind_tools([add], tool_choice="add")
+    assert isinstance(bound, RunnableBinding) and bound.bound is m
     assert bound.kwargs["tools"][0]["function"]["name"] == "add"
-    assert bound.bound.model_name == "SmolLM2-135M-Instruct"
-    assert bound.bound._resolve_base_url is not None  # resolved (server started) on first call only
+    assert bound.kwargs["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    assert m.bind_tools([add], tool_choice="any").kwargs["tool_choice"] == "required"
+    assert m._graph is None  # nothing built, no server started
     assert m.with_structured_output({"title": "X", "type": "object", "properties": {"a": {"type": "integer"}}}) is not None
+
+
+def test_tool_call_goes_to_the_picked_tier_and_is_charged(make_graph: Any) -> None:
+    from effreason_agents.ledger import Scope
+
+    h = make_graph(small=[tool_reply()])
+    msg = model_for(h, thread_id="t1").bind_tools([add]).invoke(EASY)
+    assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert h.large.calls == [] and len(h.small.calls) == 1  # an easy question: the small tier
+    sent = h.small.call_kwargs[0]
+    assert sent["tools"][0]["function"]["name"] == "add"
+    assert msg.usage_metadata == {"input_tokens": 60, "output_tokens": 9, "total_tokens": 69}
+    meta = msg.response_metadata
+    assert meta["model_provider"] == "effreason" and meta["tier"] == "small" and meta["arms_tried"] == ["small:tools"]
+    assert meta["model_name"] == "small-served" and meta["status"] == "answered"
+    ledger = h.services.ledger
+    assert ledger.spent(Scope("thread", "t1")).total_tokens == 69
+    assert ledger.reserved(Scope("thread", "t1")).total_tokens == 0
+
+
+def test_tools_tier_sends_every_tool_call_to_that_tier(make_graph: Any) -> None:
+    h = make_graph(large=[tool_reply("large-served")])
+    msg = model_for(h, tools_tier="large").bind_tools([add]).invoke(EASY)
+    assert msg.response_metadata["tier"] == "large" and h.small.calls == []
 
 
 def test_unknown_tools_tier() -> None:
     with pytest.raises(ValueError, match="tools_tier"):
         ChatCostAware(tools_tier="nope").bind_tools([])
+
+
+def test_tool_call_over_budget_is_refused_without_a_call(make_graph: Any) -> None:
+    from effreason_agents.config import LimitConfig
+    from effreason_agents.ledger import Scope
+
+    h = make_graph(small=[tool_reply()])
+    h.services.ledger.set_limits(Scope("thread", "t1"), LimitConfig(max_total_tokens=10))
+    msg = model_for(h, thread_id="t1").bind_tools([add]).invoke(EASY)
+    assert msg.response_metadata["status"] == "budget_exhausted" and not msg.tool_calls
+    assert "budget" in msg.content
+    no_calls(h)
+
+
+def test_tool_calls_stream_as_one_chunk(make_graph: Any) -> None:
+    h = make_graph(small=[tool_reply()])
+    chunks = list(model_for(h).bind_tools([add]).stream(EASY))
+    assert len(chunks) == 1 and isinstance(chunks[0], AIMessageChunk)
+    assert chunks[0].tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert chunks[0].usage_metadata["total_tokens"] == 69
+
+
+def test_structured_output_json_schema(make_graph: Any) -> None:
+    from pydantic import BaseModel
+
+    class Sum(BaseModel):
+        """The sum."""
+
+        total: int
+
+    def text_reply(text: str) -> AIMessage:
+        return AIMessage(text, usage_metadata={"input_tokens": 40, "output_tokens": 6, "total_tokens": 46},
+                         response_metadata={"finish_reason": "stop", "model_name": "small-served"})
+
+    h = make_graph(small=[text_reply('{"total": 5}'), text_reply('{"total": 7}'), text_reply("not json")])
+    model = model_for(h)
+    assert model.with_structured_output(Sum).invoke(EASY) == Sum(total=5)
+    sent = h.small.call_kwargs[0]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "Sum"
+    assert sent["json_schema"]["schema"]["properties"]["total"]["type"] == "integer"
+    assert model.with_structured_output(Sum, method="json_mode").invoke(EASY) == Sum(total=7)
+    assert h.small.call_kwargs[1]["response_format"] == {"type": "json_object"}
+    raw = model.with_structured_output(Sum, include_raw=True).invoke(EASY)
+    assert raw["parsed"] is None and raw["parsing_error"] is not None and raw["raw"].content == "not json"
+
+
+def test_structured_output_bad_arguments() -> None:
+    m = ChatCostAware()
+    with pytest.raises(ValueError, match="method"):
+        m.with_structured_output({"title": "X", "type": "object"}, method="xml")
+    with pytest.raises(ValueError, match="schema"):
+        m.with_structured_output(None)
 
 
 def test_ls_params() -> None:

@@ -112,6 +112,7 @@ class ScriptedChat(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         self.client.calls.append(list(messages))
+        self.client.call_kwargs.append(dict(kw, stop=stop))
         if not self.client.script:
             raise AssertionError(f"tier {self.client.name!r} called more often than scripted")
         item = self.client.script.pop(0)
@@ -127,6 +128,7 @@ class FakeTierClient(TierClient):
         self.calls: list[list[BaseMessage]] = []
         self.settings: list[dict[str, Any]] = []
         self.bound_tools: list[list[str]] = []
+        self.call_kwargs: list[dict[str, Any]] = []
 
     def chat_model(self, **kwargs: Any) -> ScriptedChat:
         self.settings.append(kwargs)
