@@ -48,6 +48,10 @@ err = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $EFFREASON_CONFIG, then ./effreason.toml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Only the first N items.")
+ConcurrencyOpt = typer.Option(2, "--concurrency", "-j", min=1, help="Items in flight at once.")
+ForceOpt = typer.Option(False, "--force", help="Continue a run in --out even though the config changed.")
+OnErrorOpt = typer.Option("skip", "--on-error", help="Malformed dataset lines: skip (reported) or refuse.")
 
 
 def _load(config: Optional[Path]) -> Config:
@@ -321,12 +325,12 @@ def bench(
     strong: Optional[str] = typer.Option(None, "--strong", help="Replay: the strong model / arm."),
     arms: Optional[list[str]] = typer.Option(None, "--arms", help="Fixed arms to run, e.g. --arms small:direct small:cot."),
     graph: bool = typer.Option(False, "--graph", help="Also run the full cost-aware graph."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    limit: Optional[int] = LimitOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in generator."),
-    concurrency: int = typer.Option(2, "--concurrency", "-j", min=1, help="Items in flight at once."),
+    concurrency: int = ConcurrencyOpt,
     out_dir: Path = typer.Option(Path("out/bench"), "--out", help="Directory for results.json, report.md and the plots."),
-    force: bool = typer.Option(False, "--force", help="Continue a run in --out even though the config changed."),
-    on_error: str = typer.Option("skip", "--on-error", help="Malformed dataset lines: skip (reported) or refuse."),
+    force: bool = ForceOpt,
+    on_error: str = OnErrorOpt,
     json_out: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
@@ -593,12 +597,12 @@ def calibrate(
     max_escalation_rate: Optional[float] = typer.Option(None, "--max-escalation-rate", help="Target: escalate at most this share of queries."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Target: the cheapest threshold reaching this accuracy."),
     holdout: float = typer.Option(0.3, "--holdout", help="Share of items held out for scoring (split by item)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    limit: Optional[int] = LimitOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in generator and of the split."),
-    concurrency: int = typer.Option(2, "--concurrency", "-j", min=1, help="Items in flight at once."),
+    concurrency: int = ConcurrencyOpt,
     out_dir: Path = typer.Option(Path("out/calibrate"), "--out", help="Directory for the artifacts and the report."),
-    force: bool = typer.Option(False, "--force", help="Continue a run in --out even though the config changed."),
-    on_error: str = typer.Option("skip", "--on-error", help="Malformed dataset lines: skip (reported) or refuse."),
+    force: bool = ForceOpt,
+    on_error: str = OnErrorOpt,
     json_out: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:

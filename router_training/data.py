@@ -46,6 +46,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -278,18 +279,25 @@ def _check_file(p: Path) -> None:
 
 def _csv_header(p: Path) -> list[str]:
     _check_file(p)
+    with _csv_errors(p), p.open(newline="", encoding="utf-8-sig") as fh:
+        for row in csv.reader(fh):
+            if any(c.strip() for c in row):
+                return row
+    raise RouterDataError(f"{p}: the file is empty")
+
+
+@contextmanager
+def _csv_errors(p: Path) -> Iterator[None]:
+    """Reading ``p`` as CSV: undecodable, malformed or unreadable files become a
+    :class:`RouterDataError` naming the file."""
     try:
-        with p.open(newline="", encoding="utf-8-sig") as fh:
-            for row in csv.reader(fh):
-                if any(c.strip() for c in row):
-                    return row
+        yield
     except UnicodeDecodeError as exc:
         raise RouterDataError(f"{p}: not UTF-8 text ({exc})") from None
     except csv.Error as exc:
         raise RouterDataError(f"{p}: not a valid CSV file ({exc})") from None
     except OSError as exc:
         raise RouterDataError(f"{p}: cannot read the file ({exc})") from None
-    raise RouterDataError(f"{p}: the file is empty")
 
 
 # -- reading records --------------------------------------------------------------------
@@ -300,26 +308,19 @@ def _read_csv(p: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     _check_file(p)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     rows: list[tuple[int, list[str]]] = []
-    try:
-        with p.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header: list[str] | None = None
-            start = 1
-            for row in reader:
-                line = start
-                start = reader.line_num + 1
-                if not any(c.strip() for c in row):
-                    continue
-                if header is None:
-                    header = [h.strip() for h in row]
-                else:
-                    rows.append((line, row))
-    except UnicodeDecodeError as exc:
-        raise RouterDataError(f"{p}: not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise RouterDataError(f"{p}: not a valid CSV file ({exc})") from None
-    except OSError as exc:
-        raise RouterDataError(f"{p}: cannot read the file ({exc})") from None
+    header: list[str] | None = None
+    with _csv_errors(p), p.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        start = 1
+        for row in reader:
+            line = start
+            start = reader.line_num + 1
+            if not any(c.strip() for c in row):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+            else:
+                rows.append((line, row))
     if header is None:
         raise RouterDataError(f"{p}: the file is empty")
     seen: set[str] = set()
