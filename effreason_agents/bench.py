@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .atomic import atomic_open, write_json
 from .classifier import classify_difficulty
 from .config import ArmConfig, Config, RouterConfig
 from .errors import EffReasonError
@@ -234,16 +233,10 @@ class Bench:
                 line[a] = "True" if r.correct else "False"
                 line[f"{a}_response"] = attempts[-1].raw_text if attempts else ""
             lines.append(line)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=["prompt", *fixed, *(f"{a}_response" for a in fixed)])
-                writer.writeheader()
-                writer.writerows(lines)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["prompt", *fixed, *(f"{a}_response" for a in fixed)])
+            writer.writeheader()
+            writer.writerows(lines)
         return len(lines)
 
     # -- results ------------------------------------------------------------------------
@@ -370,9 +363,7 @@ def write_run_file(bench: Bench) -> None:
         "config_source": bench.config.source,
         "store": str(bench.config.store.resolved_path()),
     }
-    tmp = bench.out_dir / f".run.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, bench.out_dir / "run.json")
+    write_json(bench.out_dir / "run.json", data)
 
 
 def comparison_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -759,11 +759,11 @@ def router_eval(
         table = _router_table(data, fmt, weak, strong, arms)
         r = evaluate(table, model, k=cv, seed=seed, weak=weak, strong=strong, embeddings=embeddings)
         if out_dir is not None:
-            from effreason_agents.report import _atomic_write
+            from effreason_agents.atomic import write_json
             from router_training.evaluate import plot_pgr
 
             out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(out_dir / "eval.json", (json.dumps(r, indent=2, default=str) + "\n").encode())
+            write_json(out_dir / "eval.json", r, default=str)
             curves = {"router": r.get("curve")} if r.get("curve") else {}
             for name, b in (r.get("baselines") or {}).items():
                 if isinstance(b, dict) and b.get("curve"):

@@ -32,10 +32,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import write_json
 from .classifier import classify_difficulty, difficulty_features
 from .errors import EffReasonError, TierError
 
@@ -284,16 +283,7 @@ class BudgetRegressor:
     def save(self, path: str | Path) -> Path:
         """Write the model as JSON (atomically: a temp file, then rename)."""
         p = Path(path)
-        data = json.dumps(self.to_json(), indent=2)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(data)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(p, self.to_json())
         return p
 
     @classmethod

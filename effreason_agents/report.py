@@ -37,13 +37,12 @@ import io
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_bytes
 from .errors import EffReasonError
 
 __all__ = [
@@ -124,7 +123,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     out = _prepare_dir(out_dir)
     text = json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     results_path = out / RESULTS_FILE
-    _atomic_write(results_path, text.encode("utf-8"))
+    write_bytes(results_path, text.encode("utf-8"), shared=True)
     return {"results": results_path, **_render(clean, out)}
 
 
@@ -220,32 +219,13 @@ def _prepare_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if hasattr(os, "chmod"):
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _save_figure(fig: Any, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue(), shared=True)
 
 
 def _render(results: Mapping[str, Any], out: Path) -> dict[str, Path]:
@@ -268,7 +248,7 @@ def _render(results: Mapping[str, Any], out: Path) -> dict[str, Path]:
         _save_figure(fig, target)
         paths[key] = target
     report = out / REPORT_FILE
-    _atomic_write(report, _markdown(view, paths).encode("utf-8"))
+    write_bytes(report, _markdown(view, paths).encode("utf-8"), shared=True)
     return {"report": report, **paths}
 
 

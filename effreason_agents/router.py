@@ -80,6 +80,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_json, write_with
 from .errors import EffReasonError
 
 __all__ = [
@@ -853,23 +854,7 @@ def _require_embeddings() -> None:
 
 # -- saving ------------------------------------------------------------------------------
 
-
-def _write_bytes_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    blob = (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    _write_bytes_atomic(path, lambda fh: fh.write(blob))
+_JSON = {"sort_keys": True, "ensure_ascii": False, "allow_nan": False}
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -952,15 +937,15 @@ def save_router(path: str | os.PathLike[str], featurizer: Featurizer, kind: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     old: Path | None = None
     try:
-        _write_json_atomic(tmp / FEATURIZER_FILE, featurizer.to_json())
-        _write_bytes_atomic(tmp / WEIGHTS_FILE, lambda fh: np.savez(fh, **arrays))
+        write_json(tmp / FEATURIZER_FILE, featurizer.to_json(), **_JSON)
+        write_with(tmp / WEIGHTS_FILE, lambda fh: np.savez(fh, **arrays))
         if kind == "gbm":
             try:
                 import skops.io as sio
             except ImportError as exc:
                 raise RouterError(f"saving a gbm router needs skops: {_TRAIN_EXTRA}") from exc
-            _write_bytes_atomic(tmp / SKOPS_FILE, lambda fh: sio.dump(sk_model, fh))
-        _write_json_atomic(tmp / CARD_FILE, card)
+            write_with(tmp / SKOPS_FILE, lambda fh: sio.dump(sk_model, fh))
+        write_json(tmp / CARD_FILE, card, **_JSON)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
             os.rmdir(old)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from effreason_agents.atomic import write_json
 from effreason_agents.calibrator import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -43,7 +42,7 @@ from effreason_agents.calibrator import (
     CalibratorError,
     feature_value,
 )
-from effreason_agents.metrics import ECE_BINS, auroc, brier, ece
+from effreason_agents.metrics import auroc, brier, ece
 from effreason_agents.uncertainty import SIGNAL_NAMES
 
 __all__ = [
@@ -387,21 +386,7 @@ def save_artifact(artifact: Mapping[str, Any], path: str | Path) -> Path:
     """Validate ``artifact`` and write it as JSON atomically (temp file + ``os.replace``)."""
     Calibrator(artifact, source=str(path))  # refuse to write something the runtime cannot load
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(artifact, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_json(dest, artifact, sort_keys=True, allow_nan=False)
     return dest
 
 

@@ -29,7 +29,6 @@ gets confidence 0 by rule. In the cascade those items always escalate.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from effreason_agents.classifier import classify_difficulty
 from effreason_agents.config import ArmConfig, Config
 from effreason_agents.errors import ConfigError
 from effreason_agents.outcomes import OutcomeStore
-from effreason_agents.report import _atomic_write
+from effreason_agents.atomic import write_bytes, write_json
 from effreason_agents.tasks import TaskItem
 from effreason_agents.uncertainty import question_signals
 
@@ -325,8 +324,8 @@ def calibrate(plan: CalibrationPlan, on_progress: Callable[[int, int, Any], None
         "calibrators": sections,
         "artifacts_dir": str(plan.out_dir / "calibrators"),
     }
-    _atomic_write(plan.out_dir / "calibration.json", (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
-    _atomic_write(plan.out_dir / "calibration.md", render_markdown(report).encode())
+    write_json(plan.out_dir / "calibration.json", report, allow_nan=False, shared=True)
+    write_bytes(plan.out_dir / "calibration.md", render_markdown(report).encode(), shared=True)
     return report
 
 

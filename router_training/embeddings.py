@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from effreason_agents.atomic import write_with
 from effreason_agents.errors import EffReasonError
 
 __all__ = ["DIM", "MODEL_NAME", "EmbeddingError", "Embedder", "default_cache_dir", "embed", "text_key"]
@@ -166,15 +166,7 @@ class Embedder:
             return
         p = self._cache_path(key)
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=p.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, v.astype(np.float32), allow_pickle=False)
-                os.replace(tmp, p)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_with(p, lambda fh: np.save(fh, v.astype(np.float32), allow_pickle=False))
         except OSError:
             pass  # a cache that cannot be written only costs recomputation
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from effreason_agents.atomic import atomic_open
 from effreason_agents.outcomes import AttemptRecord, OutcomeStore, RequestRecord
 
 __all__ = ["ATTEMPT_ROW_KEYS", "attempt_row", "read_attempts", "write_jsonl"]
@@ -85,19 +84,9 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> int:
 
     Returns the number of rows written. Values must be JSON-plain (no NaN).
     """
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(Path(path).expanduser()) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
     return count

@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from effreason_agents.atomic import write_json
 from effreason_agents.errors import EffReasonError
 
 from .table import OutcomeTable
@@ -145,17 +144,7 @@ def calibrate_policy(router_dir: str | Path, table: OutcomeTable, *, k: int = 5,
     card["policy"] = {"kind": policy, ("tau" if policy == "threshold" else "lambda"): chosen["value"], "costs": costs,
                       "cost_unit": unit, "target": _target_text(max_share, max_mean_cost, min_accuracy),
                       "expected": {k2: chosen[k2] for k2 in ("accuracy", "mean_cost", "share") if k2 in chosen}}
-    _atomic_json(card_path, card)
+    write_json(card_path, card, sort_keys=True)
     return {"policy": card["policy"], "curve": curve, "chosen": chosen, "artifact": str(router_dir)}
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -301,7 +301,7 @@ def test_write_report_refuses_a_file_as_out_dir(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import effreason_agents.report as report
+    import effreason_agents.atomic as atomic
 
     write_report(live_results(), tmp_path)
     before = (tmp_path / "report.md").read_bytes()
@@ -309,7 +309,7 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path: Path, monkeypat
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)  # every atomic write goes through it
     changed = live_results()
     changed["meta"]["suite"] = "other"
     with pytest.raises(OSError, match="disk full"):
