@@ -289,7 +289,8 @@ def refusal_text(remaining: Mapping[str, Any], reason: str | None = None) -> str
 # -- the graph ------------------------------------------------------------------------
 
 
-def _text(message: AnyMessage) -> str:
+def message_text(message: AnyMessage) -> str:
+    """The text of a message: its string content, or its text blocks joined."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -305,7 +306,7 @@ def question_with_history(messages: list[AnyMessage], question: str) -> str:
         h, a = messages[i], messages[i + 1]
         if isinstance(h, HumanMessage) and isinstance(a, AIMessage):
             if a.response_metadata.get("answered"):
-                pairs.append((_text(h).strip(), _text(a).strip()))
+                pairs.append((message_text(h).strip(), message_text(a).strip()))
     pairs = pairs[-HISTORY_TURNS:]
     if not pairs or sum(len(q) + len(a) for q, a in pairs) > HISTORY_MAX_CHARS:
         return question
@@ -334,7 +335,7 @@ class _ChatNodes:
         messages = list(state.get("messages") or [])
         if not messages or not isinstance(messages[-1], HumanMessage):
             raise InvalidQuestionError("the chat needs a user message to answer: send {'messages': [('user', 'your question')]}")
-        question = _text(messages[-1]).strip()
+        question = message_text(messages[-1]).strip()
         if not question:
             raise InvalidQuestionError("the message is empty: ask a question")
         thread_id = (config.get("configurable") or {}).get("thread_id")

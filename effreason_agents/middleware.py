@@ -61,6 +61,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from .chat import message_text
 from .classifier import classify_difficulty
 from .config import DEFAULT_CONFIDENCE_THRESHOLD, Config, LimitConfig, load_config
 from .errors import ConfigError, EffReasonError
@@ -81,18 +82,11 @@ MESSAGE_OVERHEAD_TOKENS = 8  # chat-template tokens per message
 PROMPT_SLACK_TOKENS = 16
 
 
-def _text(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content if isinstance(p, (str, dict)))
-
-
 def last_human_text(messages: Sequence[BaseMessage]) -> str:
     """The text of the last human message (``""`` when there is none)."""
     for m in reversed(messages):
         if isinstance(m, HumanMessage):
-            return _text(m).strip()
+            return message_text(m).strip()
     return ""
 
 
@@ -289,9 +283,9 @@ class CostAwareMiddleware(AgentMiddleware):
         return _Step(thread_id, user_id, d["tier"], d["difficulty"], d["features"], d["selected_by"])
 
     def _prompt_tokens(self, client: TierClient, request: ModelRequest) -> int:
-        parts = [_text(m) for m in request.messages]
+        parts = [message_text(m) for m in request.messages]
         if request.system_message is not None:
-            parts.append(_text(request.system_message))
+            parts.append(message_text(request.system_message))
         for t in request.tools:
             try:
                 schema = t if isinstance(t, dict) else {"name": t.name, "description": t.description,
@@ -363,7 +357,7 @@ class CostAwareMiddleware(AgentMiddleware):
         logprobs = _parse_logprobs(meta.get("logprobs"))
         if not logprobs:
             return None, "no logprobs from this tier"
-        text = _text(message)
+        text = message_text(message)
         parsed = parse_answer(text)
         usage = message.usage_metadata or {}
         signals = compute_signals(logprobs, 0, parsed.span, meta.get("finish_reason"),
