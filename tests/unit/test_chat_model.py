@@ -13,6 +13,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.tracers.base import BaseTracer
 
 from effreason_agents.chat_model import ChatCostAware, messages_to_question, result_message
 from effreason_agents.config import Config
@@ -247,25 +248,19 @@ class Recorder(BaseCallbackHandler):
         self.ends.append(response)
 
 
-class RunCollector:
+class RunCollector(BaseTracer):
     """A tracer (as LangSmith's is) that keeps every finished run."""
 
-    def __new__(cls) -> Any:
-        from langchain_core.tracers.base import BaseTracer
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[Any] = []
 
-        class _Collector(BaseTracer):
-            def __init__(self) -> None:
-                super().__init__()
-                self.runs: list[Any] = []
+    def _persist_run(self, run: Any) -> None:
+        """Nothing to persist: runs are kept in :attr:`runs`."""
 
-            def _persist_run(self, run: Any) -> None:
-                pass
-
-            def _end_trace(self, run: Any) -> None:
-                super()._end_trace(run)
-                self.runs.append(run)
-
-        return _Collector()
+    def _end_trace(self, run: Any) -> None:
+        super()._end_trace(run)
+        self.runs.append(run)
 
 
 def walk(run: Any) -> Iterator[Any]:
