@@ -421,6 +421,16 @@ def report(out_dir: Path = typer.Argument(..., help="A benchmark directory holdi
         out.print(f"{kind}: {path}", highlight=False)
 
 
+
+def _threshold_text(cfg: Any) -> str:
+    """The escalation threshold as configured: a number, or each calibrator's own (else 0.5)."""
+    t = cfg.escalation.confidence_threshold
+    if t is not None:
+        return str(t)
+    from .config import DEFAULT_CONFIDENCE_THRESHOLD
+
+    return f"each calibrated arm's fitted threshold ({DEFAULT_CONFIDENCE_THRESHOLD} for heuristic arms)"
+
 @app.command()
 def demo(
     limit: int = typer.Option(30, "--limit", min=1, help="Items of the built-in suite."),
@@ -440,7 +450,7 @@ def demo(
             out.print(f"[bold]effreason demo[/] · config: {escape(cfg.source)} · outcome store: {cfg.store.resolved_path()}", highlight=False)
             _describe_tiers(cfg)
             out.print(f"  ladder: {' → '.join(a.name for a in ladder)}; the graph starts by difficulty and escalates "
-                      f"while confidence < {cfg.escalation.confidence_threshold}", highlight=False)
+                      f"while confidence < {_threshold_text(cfg)}", highlight=False)
             out.print(f"  running the built-in suite ({limit} items) through each ladder arm and the graph…", highlight=False)
         b = Bench(cfg, load_suite("builtin", limit=limit), list(ladder), graph=True, suite=f"builtin[:{limit}]",
                   out_dir=out_dir, concurrency=concurrency, fresh=True)
