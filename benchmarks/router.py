@@ -44,7 +44,7 @@ BASE = {
 
 
 def synthetic_table(rows: int, seed: int = 0):  # noqa: ANN201
-    from effreason_agents.tasks import load_suite
+    from effreason_agents.evaluation.tasks import load_suite
     from router_training.table import OutcomeTable
 
     rng = random.Random(seed)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    from effreason_agents.router import Router
+    from effreason_agents.adapters.router import Router
     from router_training.models import fit_router
 
     started = time.perf_counter()

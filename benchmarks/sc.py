@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from effreason_agents.config import StrategyConfig, load_config
-from effreason_agents.sampling import (
+from effreason_agents.engine.sampling import (
     Rule,
     SampleResult,
     default_batch,
@@ -43,9 +43,9 @@ from effreason_agents.sampling import (
     sample_until_settled,
     settled,
 )
-from effreason_agents.strategies import build_prompt
-from effreason_agents.tasks import TaskItem, check_answer, load_suite
-from effreason_agents.tiers import TierClient, clients_for
+from effreason_agents.core.prompts import build_prompt
+from effreason_agents.evaluation.tasks import TaskItem, check_answer, load_suite
+from effreason_agents.adapters.tiers import TierClient, clients_for
 
 LOCK_PATH = Path("/tmp/effreason-embedded.lock")
 CONFIDENCE = 0.95

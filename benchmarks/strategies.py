@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from effreason_agents.bench import Bench, resolve_arms
+from effreason_agents.evaluation.bench import Bench, resolve_arms
 from effreason_agents.config import load_config
-from effreason_agents.report import write_report
-from effreason_agents.tasks import load_suite
+from effreason_agents.evaluation.report import write_report
+from effreason_agents.evaluation.tasks import load_suite
 
 STRATEGIES = ["direct", "cod", "cod-fewshot", "cot", "concise-cot", "budget-cot"]
 

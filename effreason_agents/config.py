@@ -29,7 +29,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from effreason_agents.errors import ConfigError
 
 Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
 StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot", "sc"]

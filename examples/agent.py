@@ -1,5 +1,5 @@
 """A LangChain ``create_agent`` agent with one calculator tool, routed and budgeted by
-:class:`~effreason_agents.middleware.CostAwareMiddleware`.
+:class:`~effreason_agents.langchain.middleware.CostAwareMiddleware`.
 
 Runs offline on the embedded default (SmolLM2-135M-Instruct served by llama.cpp)::
 
@@ -25,10 +25,10 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.errors import GraphRecursionError
 
-from effreason_agents.callbacks import cost_callback
+from effreason_agents.langchain.callbacks import cost_callback
 from effreason_agents.config import LimitConfig, load_config
-from effreason_agents.ledger import Scope
-from effreason_agents.middleware import CostAwareMiddleware
+from effreason_agents.adapters.ledger import Scope
+from effreason_agents.langchain.middleware import CostAwareMiddleware
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Mod: operator.mod}

@@ -21,7 +21,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from effreason_agents.nodes import add_cost_aware_reasoning
+from effreason_agents.graph import add_cost_aware_reasoning
 
 
 class State(TypedDict, total=False):

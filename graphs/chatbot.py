@@ -8,7 +8,7 @@ usual way (``$EFFREASON_CONFIG``, then ``./effreason.toml``, then the built-in
 default); nothing starts until the first message arrives.
 """
 
-from effreason_agents.chat import build_chat_graph
+from effreason_agents.graph.chat import build_chat_graph
 from effreason_agents.config import load_config
 
 graph = build_chat_graph(load_config(), checkpointer=False)

@@ -1,6 +1,6 @@
 """Fit confidence calibrators (uncertainty signals → P(correct)) from logged outcomes.
 
-The fitting side of :mod:`effreason_agents.calibrator`, in numpy alone (no
+The fitting side of :mod:`effreason_agents.adapters.calibrator`, in numpy alone (no
 scikit-learn): a ridge-penalized logistic regression solved by Newton's method
 (penalty ``0.5 * ||w||² / C`` on the standardized weights, intercept not
 penalized; ``C = 1`` as scikit-learn's default) and an isotonic regression by
@@ -34,16 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.atomic import write_json
-from effreason_agents.calibrator import (
+from effreason_agents.adapters.atomic import write_json
+from effreason_agents.adapters.calibrator import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
     Calibrator,
     CalibratorError,
     feature_value,
 )
-from effreason_agents.metrics import auroc, brier, ece
-from effreason_agents.uncertainty import SIGNAL_NAMES
+from effreason_agents.evaluation.metrics import auroc, brier, ece
+from effreason_agents.core.confidence import SIGNAL_NAMES
 
 __all__ = [
     "auroc",

@@ -3,7 +3,7 @@
 The pipeline, from one command:
 
 1. run the tier's arms (and a stronger arm, for the cascade) on the items through the
-   benchmark harness (:class:`~effreason_agents.bench.Bench`), so every attempt lands in
+   benchmark harness (:class:`~effreason_agents.evaluation.bench.Bench`), so every attempt lands in
    the outcome store with its uncertainty signals and its grade; the run resumes like
    ``effreason bench``;
 2. split the items into training and held-out sets by a seeded hash of the item id
@@ -38,14 +38,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from effreason_agents.calibrator import CalibratorError
-from effreason_agents.classifier import classify_difficulty
+from effreason_agents.adapters.calibrator import CalibratorError
+from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import ArmConfig, Config
 from effreason_agents.errors import ConfigError
-from effreason_agents.outcomes import OutcomeStore
-from effreason_agents.atomic import write_bytes, write_json
-from effreason_agents.tasks import TaskItem
-from effreason_agents.uncertainty import question_signals
+from effreason_agents.adapters.store import OutcomeStore
+from effreason_agents.adapters.atomic import write_bytes, write_json
+from effreason_agents.evaluation.tasks import TaskItem
+from effreason_agents.core.confidence import question_signals
 
 from .calibration import (
     auroc,
@@ -107,7 +107,7 @@ class CalibrationPlan:
         if self.strong is None:
             self.strong = default_strong_arm(cfg, self.tier, own)
         if self.strong is not None:
-            from effreason_agents.bench import resolve_arms
+            from effreason_agents.evaluation.bench import resolve_arms
 
             strong = resolve_arms(cfg, [self.strong])[0]
             self.strong = strong.name
@@ -286,7 +286,7 @@ def _curve(artifact: Mapping[str, Any], rows: Mapping[str, dict], strong: Mappin
 
 def calibrate(plan: CalibrationPlan, on_progress: Callable[[int, int, Any], None] | None = None) -> dict[str, Any]:
     """Run the plan (see the module docstring); returns the report dict and writes the files."""
-    from effreason_agents.bench import Bench
+    from effreason_agents.evaluation.bench import Bench
 
     bench = Bench(plan.config, plan.items, plan.arms, graph=False, suite=plan.suite,
                   out_dir=plan.out_dir, concurrency=plan.concurrency, force=plan.force)

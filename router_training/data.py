@@ -18,7 +18,7 @@ Three formats, one loader (:func:`load_table`):
     id holding True/False (or 1/0, yes/no, or a score in [0, 1]); optional
     ``<model id>_response`` columns with the raw reply, which are never labels but,
     when present, give the output token count of that model's reply
-    (:func:`effreason_agents.tiers.estimate_tokens`: o200k BPE, or a bytes/3 bound
+    (:func:`effreason_agents.adapters.tiers.estimate_tokens`: o200k BPE, or a bytes/3 bound
     without ``bpe-openai``; a note says which). Metadata columns (``sample_id``,
     ``eval_name``, ``gold``, an index column, …) and any column whose values are
     mostly not labels are ignored (a note names them). An empty cell means "this
@@ -72,7 +72,7 @@ __all__ = [
 
 FORMATS = ("store", "long", "wide")
 
-# The arm of the full cost-aware graph in bench_results (same as effreason_agents.replay.GRAPH_ARM).
+# The arm of the full cost-aware graph in bench_results (same as effreason_agents.evaluation.replay.GRAPH_ARM).
 GRAPH_ARM = "graph"
 
 _TRUE = frozenset({"true", "1", "1.0", "yes", "y", "t"})
@@ -488,7 +488,7 @@ def load_wide(path: str | Path) -> OutcomeTable:
     are missing results (``NaN``). ``<model>_response`` texts, when present, give the
     output token counts (``tokens``); there are no costs.
     """
-    from effreason_agents.tiers import estimate_tokens, token_count_method
+    from effreason_agents.adapters.tiers import estimate_tokens, token_count_method
 
     p = Path(path)
     header, rows = _read_csv(p)
@@ -577,7 +577,7 @@ def load_store(path: str | Path, *, run_id: str | None = None) -> OutcomeTable:
     from pydantic import ValidationError
 
     from effreason_agents.errors import StoreError
-    from effreason_agents.outcomes import OutcomeStore
+    from effreason_agents.adapters.store import OutcomeStore
 
     if str(path) == "store":
         from effreason_agents.config import load_config

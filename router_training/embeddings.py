@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.atomic import write_with
+from effreason_agents.adapters.atomic import write_with
 from effreason_agents.errors import EffReasonError
 
 __all__ = ["DIM", "MODEL_NAME", "EmbeddingError", "Embedder", "default_cache_dir", "embed", "text_key"]

@@ -5,7 +5,7 @@
 * :func:`two_arm_report`: RouteLLM's view between a weak and a strong arm — APGR,
   CPT(50%), CPT(80%) of the router score ``P(strong right) − P(weak right)``, the
   AUC of the weak arm's predicted failure, and the random and oracle baselines
-  (:func:`effreason_agents.metrics.two_arm_summary`).
+  (:func:`effreason_agents.evaluation.metrics.two_arm_summary`).
 * :func:`policy_curve`, :func:`many_arm_report`: RouterBench's view over many arms —
   the operating points of the threshold policy (cheapest arm with ``P ≥ τ``) and the
   cost-penalized policy (``argmax P − λ·cost``), their cost/accuracy hull areas
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.metrics import (
+from effreason_agents.evaluation.metrics import (
     MetricsError,
     PGRUndefinedError,
     auroc,
@@ -143,7 +143,7 @@ def two_arm_report(table: OutcomeTable, probs: Any, weak: str, strong: str) -> d
 
     * router score = ``P(strong right) − P(weak right)``; at share ``c`` the ``c·n``
       prompts with the highest score go to the strong arm
-      (:func:`~effreason_agents.metrics.router_curve`, ties treated as random order);
+      (:func:`~effreason_agents.evaluation.metrics.router_curve`, ties treated as random order);
     * ``apgr``, ``cpt50``, ``cpt80``: area under PGR(c) and the smallest share
       reaching PGR 50% / 80% (``None`` when never reached);
     * ``auc``: AUROC of ``1 − P(weak right)`` against "the weak arm is wrong" — how
@@ -155,7 +155,7 @@ def two_arm_report(table: OutcomeTable, probs: Any, weak: str, strong: str) -> d
 
     Returns ``{"apgr", "cpt50", "cpt80", "auc", "n", "weak", "strong", "acc_weak",
     "acc_strong", "baselines": {"random": {"apgr", "cpt50", "cpt80", "curve"},
-    "oracle": {...}}, "curve"}``. Raises :class:`~effreason_agents.metrics.PGRUndefinedError`
+    "oracle": {...}}, "curve"}``. Raises :class:`~effreason_agents.evaluation.metrics.PGRUndefinedError`
     when the two arms are equally accurate on these prompts, :class:`EvaluationError`
     when no prompt has both labels.
     """
@@ -278,7 +278,7 @@ def policy_curve(table: OutcomeTable, probs: Any, costs: Mapping[str, float], ki
 
 
 def _area(points: Sequence[Sequence[float]], hi: float) -> float:
-    """:func:`~effreason_agents.metrics.hull_area` of a policy's points over the fixed arms' cost
+    """:func:`~effreason_agents.evaluation.metrics.hull_area` of a policy's points over the fixed arms' cost
     range. Both policy grids include the always-cheapest-arm point, so the range starts at the
     cheapest arm's cost; a dominated point (lowest accuracy, at ``hi``, the dearest arm's cost)
     stretches it to ``hi`` without changing the hull, so policies and arms are averaged over
@@ -305,12 +305,12 @@ def many_arm_report(table: OutcomeTable, probs: Any, costs: Mapping[str, float])
       hull held flat beyond its dearest point), its ``hull`` and ``kind``;
     * ``baselines``: ``random`` (each prompt to a uniformly random arm) and ``oracle``
       (the cheapest right arm per prompt), each ``{"accuracy", "mean_cost"}``
-      (:func:`~effreason_agents.metrics.many_arm_baselines`);
+      (:func:`~effreason_agents.evaluation.metrics.many_arm_baselines`);
     * ``points``: ``{"threshold": policy_curve(...), "lambda": policy_curve(...)}``.
 
     A policy beats the fixed arms when its ``hull_area`` exceeds ``fixed.hull_area``.
     """
-    from effreason_agents.metrics import cost_accuracy_hull
+    from effreason_agents.evaluation.metrics import cost_accuracy_hull
 
     p = _check_probs(table, probs)
     cost = _cost_vector(table, costs)
@@ -531,8 +531,8 @@ def plot_pgr(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, 
     curve's APGR; ``random``, ``oracle`` and ``router`` get the report's colours.
     ``weak``/``strong`` name the arms on the axis and in the title.
     """
-    from effreason_agents.metrics import apgr
-    from effreason_agents.report import _plot_pgr, _save_figure, _View
+    from effreason_agents.evaluation.metrics import apgr
+    from effreason_agents.evaluation.report import _plot_pgr, _save_figure, _View
 
     clean = {str(name): [[float(c), float(v)] for c, v in pts] for name, pts in curves.items() if pts}
     if not clean:

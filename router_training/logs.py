@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from effreason_agents.atomic import atomic_open
-from effreason_agents.outcomes import AttemptRecord, OutcomeStore, RequestRecord
+from effreason_agents.adapters.atomic import atomic_open
+from effreason_agents.adapters.store import AttemptRecord, OutcomeStore, RequestRecord
 
 __all__ = ["ATTEMPT_ROW_KEYS", "attempt_row", "read_attempts", "write_jsonl"]
 

@@ -1,9 +1,9 @@
 """Fit routers: per-arm P(correct) predictors from an :class:`~router_training.table.OutcomeTable`.
 
-:func:`fit_router` featurizes the prompts with :class:`effreason_agents.router.Featurizer`
+:func:`fit_router` featurizes the prompts with :class:`effreason_agents.adapters.router.Featurizer`
 (word + char TF-IDF, hand features, optionally MiniLM embeddings) and fits one of
 :data:`KINDS`; the result predicts through the same numpy code the run time uses
-(:class:`effreason_agents.router.Router`), and :meth:`FittedRouter.save` writes the
+(:class:`effreason_agents.adapters.router.Router`), and :meth:`FittedRouter.save` writes the
 artifact.
 
 Labels. ``table.correct`` holds values in [0, 1] with NaN where an arm has no result;
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.router import (
+from effreason_agents.adapters.router import (
     FEATURIZER_VERSION,
     KINDS,
     Featurizer,
@@ -133,7 +133,7 @@ class FittedRouter:
         return self.router.predict_one(text)
 
     def save(self, path: str | os.PathLike[str], card_extra: Mapping[str, Any] | None = None) -> Path:
-        """Write the artifact directory (see :func:`effreason_agents.router.save_router`);
+        """Write the artifact directory (see :func:`effreason_agents.adapters.router.save_router`);
         ``card_extra`` (cv metrics, policy, training details) is merged into the card."""
         model: Any = {"arrays": self.arrays, "sk_model": self.sk_model} if self.kind == "gbm" else self.arrays
         extra: dict[str, Any] = {"training": dict(self.training)}

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from effreason_agents.atomic import write_json
+from effreason_agents.adapters.atomic import write_json
 from effreason_agents.errors import EffReasonError
 
 from .table import OutcomeTable
@@ -127,7 +127,7 @@ def calibrate_policy(router_dir: str | Path, table: OutcomeTable, *, k: int = 5,
     """Pick τ or λ for a target from out-of-fold predictions of the artifact's model kind on
     ``table``, and write the policy into the artifact's card (atomically). Returns the curve
     and the chosen point."""
-    from effreason_agents.router import Router
+    from effreason_agents.adapters.router import Router
 
     from .evaluate import costs_for, oof_predictions, pick_policy, policy_curve
     from .models import fit_predict

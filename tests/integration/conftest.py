@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from effreason_agents.config import EmbeddedConfig
-from effreason_agents.embedded import EmbeddedServer, get_embedded_server, shutdown_embedded_servers
+from effreason_agents.adapters.embedded import EmbeddedServer, get_embedded_server, shutdown_embedded_servers
 
 _HERE = Path(__file__).parent
 

@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import pytest
 
-from effreason_agents.calibrator import Calibrator
+from effreason_agents.adapters.calibrator import Calibrator
 from effreason_agents.config import config_from_data, default_config_data
-from effreason_agents.graph import build_reasoning_graph
-from effreason_agents.nodes import Services
+from effreason_agents.graph.builder import build_reasoning_graph
+from effreason_agents.graph.nodes import Services
 
 pytestmark = pytest.mark.integration
 

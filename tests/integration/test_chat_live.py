@@ -113,7 +113,7 @@ def test_a_priced_thread_hits_its_cap_then_refuses_and_resumes(
     assert last[0].startswith("This conversation has used its budget"), second.stdout
 
     # the ledger holds the spend of turn 1 only, and no reservation is left behind
-    from effreason_agents.ledger import BudgetLedger, Scope
+    from effreason_agents.adapters.ledger import BudgetLedger, Scope
 
     with BudgetLedger(tmp_path / "ledger.sqlite") as ledger:
         thread = ledger.remaining(Scope("thread", "t1"))["max_cost_usd"]

@@ -15,7 +15,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from effreason_agents.chat_model import ChatCostAware
+from effreason_agents.langchain.chat_model import ChatCostAware
 
 _STORE = Path(tempfile.mkdtemp(prefix="effreason-chat-model-")) / "outcomes.sqlite"
 

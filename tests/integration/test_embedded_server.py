@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from effreason_agents.config import EmbeddedConfig
-from effreason_agents.embedded import EmbeddedServer, get_embedded_server
+from effreason_agents.adapters.embedded import EmbeddedServer, get_embedded_server
 
 HTTP = httpx.Client(timeout=60.0, trust_env=False)
 
@@ -196,7 +196,7 @@ def test_ctrl_c_during_a_request_still_stops_the_server_at_exit() -> None:
         atexit.register(report)
 
         from effreason_agents.config import EmbeddedConfig
-        from effreason_agents.embedded import get_embedded_server
+        from effreason_agents.adapters.embedded import get_embedded_server
 
         server = get_embedded_server(EmbeddedConfig(n_ctx=2048, n_parallel=1))
         seen["port"] = server.port
@@ -225,7 +225,7 @@ def test_ctrl_c_during_a_request_still_stops_the_server_at_exit() -> None:
 def test_serve_local_runs_standalone_until_signalled(sig: int) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EFFREASON")}
-    child = _Child(f"from effreason_agents.embedded import serve_local; serve_local(port={port})", env=env)
+    child = _Child(f"from effreason_agents.adapters.embedded import serve_local; serve_local(port={port})", env=env)
     try:
         line = child.wait_for_line("effreason embedded server", timeout=90)
         base_url = f"http://127.0.0.1:{port}/v1"

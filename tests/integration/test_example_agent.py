@@ -10,11 +10,11 @@ from typing import Any, Callable
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 
-from effreason_agents.callbacks import cost_callback
+from effreason_agents.langchain.callbacks import cost_callback
 from effreason_agents.config import load_config
-from effreason_agents.ledger import Scope
-from effreason_agents.middleware import CostAwareMiddleware
-from effreason_agents.nodes import Services
+from effreason_agents.adapters.ledger import Scope
+from effreason_agents.langchain.middleware import CostAwareMiddleware
+from effreason_agents.graph.nodes import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 

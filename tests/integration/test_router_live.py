@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from effreason_agents.config import config_from_data, default_config_data
-from effreason_agents.graph import build_reasoning_graph
-from effreason_agents.nodes import Services
+from effreason_agents.graph.builder import build_reasoning_graph
+from effreason_agents.graph.nodes import Services
 from router_training.models import fit_router
 from router_training.table import OutcomeTable
 

@@ -14,15 +14,15 @@ from effreason_agents.config import (
     config_from_data,
     default_config_data,
 )
-from effreason_agents.embedded import EmbeddedServer
-from effreason_agents.sampling import (
+from effreason_agents.adapters.embedded import EmbeddedServer
+from effreason_agents.engine.sampling import (
     SampleResult,
     per_choice_usage,
     per_choice_usage_with_method,
     sample_until_settled,
 )
-from effreason_agents.strategies import DIRECT_PREFIX, build_prompt
-from effreason_agents.tiers import TierClient, TokenLogprob, cost_usd
+from effreason_agents.core.prompts import DIRECT_PREFIX, build_prompt
+from effreason_agents.adapters.tiers import TierClient, TokenLogprob, cost_usd
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Give the final answer after ####."}]
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from effreason_agents.config import config_from_data, default_config_data
-from effreason_agents.graph import build_reasoning_graph
-from effreason_agents.ledger import Scope
-from effreason_agents.nodes import Services
-from effreason_agents.outcomes import OutcomeStore
-from effreason_agents.sampling import majority
-from effreason_agents.tasks import answer_key
+from effreason_agents.graph.builder import build_reasoning_graph
+from effreason_agents.adapters.ledger import Scope
+from effreason_agents.graph.nodes import Services
+from effreason_agents.adapters.store import OutcomeStore
+from effreason_agents.engine.sampling import majority
+from effreason_agents.evaluation.tasks import answer_key
 
 pytestmark = pytest.mark.integration
 

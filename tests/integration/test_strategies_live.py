@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from effreason_agents.config import Config, config_from_data, default_config_data
-from effreason_agents.graph import build_reasoning_graph
-from effreason_agents.nodes import Services
-from effreason_agents.outcomes import OutcomeStore
+from effreason_agents.graph.builder import build_reasoning_graph
+from effreason_agents.graph.nodes import Services
+from effreason_agents.adapters.store import OutcomeStore
 
 pytestmark = pytest.mark.integration
 

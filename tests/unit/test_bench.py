@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from effreason_agents.bench import Bench, BenchError, resolve_arms, run_id_for, single_arm_config
+from effreason_agents.evaluation.bench import Bench, BenchError, resolve_arms, run_id_for, single_arm_config
 from effreason_agents.config import config_from_data, default_config_data
-from effreason_agents.outcomes import BenchResult
-from effreason_agents.tasks import TaskItem
+from effreason_agents.adapters.store import BenchResult
+from effreason_agents.evaluation.tasks import TaskItem
 
 
 def config(tmp_path: Path):  # noqa: ANN201
@@ -98,7 +98,7 @@ def test_budget_fit_command_fits_on_graded_results(tmp_path: Path, monkeypatch: 
     from typer.testing import CliRunner
 
     from effreason_agents.cli import app
-    from effreason_agents.outcomes import BenchRun, OutcomeStore
+    from effreason_agents.adapters.store import BenchRun, OutcomeStore
 
     store_path = tmp_path / "o.sqlite"
     with OutcomeStore(store_path) as store:
@@ -121,7 +121,7 @@ def test_budget_fit_command_fits_on_graded_results(tmp_path: Path, monkeypatch: 
 
 
 def test_confidence_quality_per_arm() -> None:
-    from effreason_agents.bench import confidence_quality
+    from effreason_agents.evaluation.bench import confidence_quality
 
     q = confidence_quality([(0.9, "calibrated: logistic on 3 features"), (0.2, "calibrated: logistic on 3 features"),
                             (None, "no answer parsed"), (0.6, "heuristic: x (no calibrator)")], [True, False, False, True])
@@ -134,7 +134,7 @@ def test_confidence_quality_per_arm() -> None:
 
 
 def test_report_shows_the_confidence_section(tmp_path: Path) -> None:
-    from effreason_agents.report import write_report
+    from effreason_agents.evaluation.report import write_report
 
     results = {"kind": "live", "meta": {"suite": "s", "n_items": 2}, "baselines": {},
                "arms": {"small:direct": {"accuracy": 0.5, "mean_output_tokens": 3, "mean_cost_usd": 0.0,

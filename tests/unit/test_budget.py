@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from effreason_agents.budget import Spend, effective_budget, fits, worst_case_cost
+from effreason_agents.core.budget import Spend, effective_budget, fits, worst_case_cost
 from effreason_agents.config import BudgetConfig, TierConfig
 from effreason_agents.errors import ConfigError
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 
-from effreason_agents.calibrator import CalibratorWarning, builtin_dir, load_calibrators
+from effreason_agents.adapters.calibrator import CalibratorWarning, builtin_dir, load_calibrators
 from effreason_agents.config import default_config_data, config_from_data
-from effreason_agents.uncertainty import HEURISTIC_METHOD
+from effreason_agents.core.confidence import HEURISTIC_METHOD
 
 from test_graph import large_reply, make_graph, small_reply  # noqa: F401  (fixture)
 

@@ -1,4 +1,4 @@
-"""Calibrator fitting (router_training.calibration) and run-time use (effreason_agents.calibrator)."""
+"""Calibrator fitting (router_training.calibration) and run-time use (effreason_agents.adapters.calibrator)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effreason_agents.calibrator import (
+from effreason_agents.adapters.calibrator import (
     Calibrator,
     CalibratorError,
     CalibratorSet,
@@ -265,7 +265,7 @@ def test_calibrator_set_wildcard_strategy(tmp_path):
 
 
 def test_runtime_module_does_not_import_sklearn():
-    import effreason_agents.calibrator as mod
+    import effreason_agents.adapters.calibrator as mod
 
     src = Path(mod.__file__).read_text(encoding="utf-8")
     assert "sklearn" not in src.replace("no scikit-learn", "")

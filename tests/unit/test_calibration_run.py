@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from effreason_agents.calibrator import Calibrator, CalibratorError
+from effreason_agents.adapters.calibrator import Calibrator, CalibratorError
 from effreason_agents.config import config_from_data, default_config_data
 from effreason_agents.errors import ConfigError
-from effreason_agents.tasks import load_suite
+from effreason_agents.evaluation.tasks import load_suite
 from router_training.calibration_run import CalibrationPlan, _evaluate_strategy, heldout_ids, render_markdown
 
 

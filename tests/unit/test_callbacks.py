@@ -14,7 +14,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from effreason_agents.callbacks import (
+from effreason_agents.langchain.callbacks import (
     CostCallbackHandler,
     attempt_config,
     cost_callback,

@@ -13,8 +13,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
-from effreason_agents import chat as chat_mod
-from effreason_agents.chat import (
+from effreason_agents.graph import chat as chat_mod
+from effreason_agents.graph.chat import (
     ChatContext,
     build_chat_graph,
     close_chat_graph,
@@ -24,7 +24,7 @@ from effreason_agents.chat import (
 )
 from effreason_agents.config import Config, LimitConfig, config_from_data, default_config_data
 from effreason_agents.errors import ConfigError, InvalidQuestionError
-from effreason_agents.state import ReasoningContext
+from effreason_agents.graph.state import ReasoningContext
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def run(graph: Any, text: str, thread: str = "t1", **ctx: Any) -> dict[str, Any]
 
 
 def spend(cfg: Config, kind: str, key: str, usd: str) -> None:
-    from effreason_agents.ledger import BudgetLedger, Scope, Usage
+    from effreason_agents.adapters.ledger import BudgetLedger, Scope, Usage
 
     with BudgetLedger(cfg.ledger_path()) as ledger:
         ledger.reserve(f"spend-{kind}-{key}-{usd}", [Scope(kind, key)], Usage.from_usd(cost_usd=usd))  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_response_metadata_and_usage(cfg: Config) -> None:
 def test_budget_exhausted_turn_is_a_polite_refusal(cfg: Config) -> None:
     fake = FakeReasoner(result(None, status="budget_exhausted"))
     graph = build_chat_graph(cfg, checkpointer=InMemorySaver(), reasoning_graph=fake)
-    from effreason_agents.ledger import BudgetLedger
+    from effreason_agents.adapters.ledger import BudgetLedger
 
     with BudgetLedger(cfg.ledger_path()) as ledger:
         ensure_limits(ledger, cfg, "t1", None, "0.01")
@@ -184,7 +184,7 @@ def test_history_is_left_out_when_long_or_refused() -> None:
 
 
 def test_ensure_limits(cfg: Config) -> None:
-    from effreason_agents.ledger import BudgetLedger, Scope
+    from effreason_agents.adapters.ledger import BudgetLedger, Scope
 
     cfg = cfg.model_copy(deep=True)
     cfg.budget.thread = LimitConfig(max_output_tokens=500)
@@ -237,7 +237,7 @@ def test_chatbot_entry_point_imports_without_starting_anything(monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EFFREASON_CONFIG", raising=False)
     monkeypatch.setenv("EFFREASON_STORE", str(tmp_path / "outcomes.sqlite"))
-    from effreason_agents import embedded
+    from effreason_agents.adapters import embedded
 
     before = dict(embedded._servers)
     spec = importlib.util.spec_from_file_location("graph_chatbot", ROOT / "graphs" / "chatbot.py")
@@ -251,7 +251,7 @@ def test_chatbot_entry_point_imports_without_starting_anything(monkeypatch: pyte
 
 
 def test_cli_chat_repl(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from effreason_agents import graph as graph_mod
+    from effreason_agents.graph import builder as graph_mod
     from effreason_agents.cli import app
 
     fake = FakeReasoner(result("5", cost="0.004"), result(None, status="budget_exhausted"))

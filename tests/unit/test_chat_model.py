@@ -15,7 +15,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tracers.base import BaseTracer
 
-from effreason_agents.chat_model import ChatCostAware, messages_to_question, result_message
+from effreason_agents.langchain.chat_model import ChatCostAware, messages_to_question, result_message
 from effreason_agents.config import Config
 from effreason_agents.errors import InvalidQuestionError
 
@@ -295,7 +295,7 @@ def test_usage_callback_counts_each_token_once(make_graph: Any) -> None:
 def test_cost_callback_takes_the_exact_cost_of_every_attempt(make_graph: Any) -> None:
     from decimal import Decimal
 
-    from effreason_agents.callbacks import cost_callback
+    from effreason_agents.langchain.callbacks import cost_callback
 
     h = make_graph(small=[small_reply("4", 0.2)], large=[large_reply("5", 0.95)])
     with cost_callback(h.config) as cb:
@@ -368,7 +368,7 @@ def test_bind_tools_makes_no_call_and_starts_no_server() -> None:
 
 
 def test_tool_call_goes_to_the_picked_tier_and_is_charged(make_graph: Any) -> None:
-    from effreason_agents.ledger import Scope
+    from effreason_agents.adapters.ledger import Scope
 
     h = make_graph(small=[tool_reply()])
     msg = model_for(h, thread_id="t1").bind_tools([add]).invoke(EASY)
@@ -398,7 +398,7 @@ def test_unknown_tools_tier() -> None:
 
 def test_tool_call_over_budget_is_refused_without_a_call(make_graph: Any) -> None:
     from effreason_agents.config import LimitConfig
-    from effreason_agents.ledger import Scope
+    from effreason_agents.adapters.ledger import Scope
 
     h = make_graph(small=[tool_reply()])
     h.services.ledger.set_limits(Scope("thread", "t1"), LimitConfig(max_total_tokens=10))

@@ -8,7 +8,7 @@ from typing import Any
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from effreason_agents.chat_model import ChatCostAware
+from effreason_agents.langchain.chat_model import ChatCostAware
 
 
 class TestChatCostAwareStandard(ChatModelUnitTests):

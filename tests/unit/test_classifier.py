@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from effreason_agents.classifier import classify_difficulty, difficulty_features, difficulty_score, question_type
+from effreason_agents.core.features import classify_difficulty, difficulty_features, difficulty_score, question_type
 
 WORD_PROBLEM = (
     "Janet has 16 eggs every day. She eats 3 for breakfast and bakes muffins with 4 more each day. "

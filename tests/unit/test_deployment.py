@@ -19,7 +19,7 @@ def _graphs() -> dict[str, str]:
 def test_langgraph_json_graphs_import_without_starting_anything(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no effreason.toml here: the built-in default config
     monkeypatch.delenv("EFFREASON_CONFIG", raising=False)
-    from effreason_agents import embedded
+    from effreason_agents.adapters import embedded
 
     before = dict(embedded._servers)
     file, attr = _graphs()[name].split(":")

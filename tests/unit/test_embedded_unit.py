@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from effreason_agents import embedded
+from effreason_agents.adapters import embedded
 from effreason_agents.config import EmbeddedConfig
-from effreason_agents.embedded import (
+from effreason_agents.adapters.embedded import (
     EmbeddedServer,
     count_gpus,
     default_model_path,

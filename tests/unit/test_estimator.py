@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from effreason_agents import estimator as est_mod
-from effreason_agents.classifier import classify_difficulty
+from effreason_agents.engine import estimator as est_mod
+from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import BudgetConfig
 from effreason_agents.errors import TierError
-from effreason_agents.estimator import (
+from effreason_agents.engine.estimator import (
     MAX_BUDGET,
     MIN_BUDGET,
     REGRESSOR_FEATURES,
@@ -25,7 +25,7 @@ from effreason_agents.estimator import (
     rows_from_store,
     tale_budget,
 )
-from effreason_agents.tiers import Completion
+from effreason_agents.adapters.tiers import Completion
 
 EASY = "What is 2 + 3?"
 MEDIUM = "Sam has 5 pens and buys 3 more. How many pens does he have?"
@@ -132,7 +132,7 @@ def test_tale_tier_error_falls_back() -> None:
 
 def test_tale_with_real_tierclient_subclass() -> None:
     from effreason_agents.config import TierConfig
-    from effreason_agents.tiers import TierClient
+    from effreason_agents.adapters.tiers import TierClient
 
     class Sub(TierClient):
         def complete(self, messages: Any, **kw: Any) -> Completion:  # type: ignore[override]

@@ -25,11 +25,11 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from effreason_agents.config import Config, config_from_data
 from effreason_agents.errors import ConfigError, InvalidQuestionError
-from effreason_agents.graph import build_reasoning_graph
-from effreason_agents.nodes import Services
-from effreason_agents.outcomes import OutcomeStore
-from effreason_agents.state import ReasoningContext
-from effreason_agents.tiers import TierClient
+from effreason_agents.graph.builder import build_reasoning_graph
+from effreason_agents.graph.nodes import Services
+from effreason_agents.adapters.store import OutcomeStore
+from effreason_agents.graph.state import ReasoningContext
+from effreason_agents.adapters.tiers import TierClient
 
 ENVIRON = {"LARGE_KEY": "sk-test"}
 EASY = "What is 2 + 3?"  # 5 words: prompt_tokens = 5 + 96 with FakeTierClient.count_tokens
@@ -577,7 +577,7 @@ def test_state_is_json_plain_and_checkpoints(make_graph: Any) -> None:
 def test_fifty_concurrent_requests_never_overspend_a_thread_cap(make_graph: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from effreason_agents.ledger import Scope
+    from effreason_agents.adapters.ledger import Scope
 
     # small:direct's worst case is 101 prompt + 24 output tokens = $0.0000149; the cap covers ~10 of those
     cap = Decimal("0.00015")
@@ -639,8 +639,8 @@ def test_a_truncated_reply_is_never_answered(make_graph: Any) -> None:
 
 
 def test_re_executed_solve_node_never_charges_twice(make_graph: Any) -> None:
-    from effreason_agents.ledger import Scope
-    from effreason_agents.nodes import ReasoningNodes
+    from effreason_agents.adapters.ledger import Scope
+    from effreason_agents.graph.nodes import ReasoningNodes
 
     h = make_graph(small=[small_reply("5", 0.95), small_reply("5", 0.95)])
     nodes = ReasoningNodes(h.services)

@@ -13,7 +13,7 @@ import pytest
 
 from effreason_agents.config import BudgetConfig, LimitConfig
 from effreason_agents.errors import EffReasonError
-from effreason_agents.ledger import (
+from effreason_agents.adapters.ledger import (
     BudgetExhausted,
     BudgetLedger,
     LedgerError,
@@ -181,7 +181,7 @@ def test_nearly_spent_message(ledger: BudgetLedger) -> None:
 def test_actual_above_worst_is_recorded_and_logged(ledger: BudgetLedger, caplog) -> None:
     ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
     ledger.reserve("a", [THREAD], Usage(micro_usd=1000))
-    with caplog.at_level("WARNING", logger="effreason_agents.ledger"):
+    with caplog.at_level("WARNING", logger="effreason_agents.adapters.ledger"):
         ledger.commit("a", Usage(micro_usd=1200))
     assert "exceeds" in caplog.text
     assert ledger.spent(THREAD) == Usage(micro_usd=1200)
@@ -362,10 +362,10 @@ def test_many_openers_of_a_new_ledger_at_once(tmp_path: Path) -> None:
     import sys
     import threading
 
-    from effreason_agents.ledger import BudgetLedger
+    from effreason_agents.adapters.ledger import BudgetLedger
 
     path = tmp_path / "fresh.sqlite"
-    code = f"from effreason_agents.ledger import BudgetLedger; BudgetLedger({str(path)!r}).close()"
+    code = f"from effreason_agents.adapters.ledger import BudgetLedger; BudgetLedger({str(path)!r}).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
     errors: list[BaseException] = []
 

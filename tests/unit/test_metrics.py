@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.metrics import (
+from effreason_agents.evaluation.metrics import (
     MetricsError,
     PGRUndefinedError,
     apgr,

@@ -20,9 +20,9 @@ from langchain_core.tools import tool
 
 from effreason_agents.config import Config, LimitConfig, config_from_data
 from effreason_agents.errors import ConfigError
-from effreason_agents.ledger import Scope, from_micro, to_micro
-from effreason_agents.middleware import CostAwareMiddleware, DifficultySelector
-from effreason_agents.nodes import Services
+from effreason_agents.adapters.ledger import Scope, from_micro, to_micro
+from effreason_agents.langchain.middleware import CostAwareMiddleware, DifficultySelector
+from effreason_agents.graph.nodes import Services
 
 from test_graph import EASY, ENVIRON, FakeTierClient, ScriptedChat
 
@@ -329,7 +329,7 @@ def test_bad_arguments() -> None:
 
 
 def test_cost_callback_prices_every_call_by_its_tier(harness: Any) -> None:
-    from effreason_agents.callbacks import cost_callback
+    from effreason_agents.langchain.callbacks import cost_callback
 
     h = harness(small=[reply("4", 0.2)], large=[reply("5", 0.95)])
     with cost_callback(h.config) as cb:

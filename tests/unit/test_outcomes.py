@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from effreason_agents.errors import StoreError
-from effreason_agents.outcomes import (
+from effreason_agents.adapters.store import (
     MIGRATIONS,
     AttemptRecord,
     OutcomeStore,
@@ -222,7 +222,7 @@ def test_exception_other_than_sqlite_rolls_back(tmp_path: Path, monkeypatch: pyt
     path = tmp_path / "outcomes.sqlite"
     store = open_store(path)
     calls = {"n": 0}
-    real_insert_sql = __import__("effreason_agents.outcomes", fromlist=["_insert_sql"])._insert_sql
+    real_insert_sql = __import__("effreason_agents.adapters.store", fromlist=["_insert_sql"])._insert_sql
 
     def crashing_insert_sql(table: str, row: dict[str, object]) -> str:
         calls["n"] += 1
@@ -230,7 +230,7 @@ def test_exception_other_than_sqlite_rolls_back(tmp_path: Path, monkeypatch: pyt
             raise KeyboardInterrupt
         return real_insert_sql(table, row)
 
-    monkeypatch.setattr("effreason_agents.outcomes._insert_sql", crashing_insert_sql)
+    monkeypatch.setattr("effreason_agents.adapters.store._insert_sql", crashing_insert_sql)
     with pytest.raises(KeyboardInterrupt):
         store.record(make_request(), [make_attempt(index=0), make_attempt(index=1)])
     store.close()

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from effreason_agents.classifier import classify_difficulty
+from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import Config, config_from_data, default_config_data
 from effreason_agents.errors import EffReasonError
-from effreason_agents.metrics import cost_accuracy_hull, two_arm_summary
-from effreason_agents.replay import (
+from effreason_agents.evaluation.metrics import cost_accuracy_hull, two_arm_summary
+from effreason_agents.evaluation.replay import (
     TOKENS_LOGGED,
     TOKENS_NONE,
     TOKENS_O200K,

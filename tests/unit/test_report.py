@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.report import ReportError, format_usd, pareto_front, render_report, write_report
+from effreason_agents.evaluation.report import ReportError, format_usd, pareto_front, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -168,7 +168,7 @@ def test_zero_cost_falls_back_to_output_tokens(tmp_path: Path) -> None:
     assert "output tokens–accuracy Pareto front" in md
     assert_png(tmp_path / "frontier.png")
 
-    from effreason_agents.report import _View
+    from effreason_agents.evaluation.report import _View
 
     view = _View(json.loads((tmp_path / "results.json").read_text()))
     assert view.x_metric == "mean_output_tokens" and view.x_fallback
@@ -301,7 +301,7 @@ def test_write_report_refuses_a_file_as_out_dir(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import effreason_agents.atomic as atomic
+    import effreason_agents.adapters.atomic as atomic
 
     write_report(live_results(), tmp_path)
     before = (tmp_path / "report.md").read_bytes()

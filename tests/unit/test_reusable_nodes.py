@@ -10,10 +10,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from effreason_agents import nodes
+from effreason_agents.graph import add_cost_aware_reasoning, nodes
 from effreason_agents.errors import InvalidQuestionError
-from effreason_agents.ledger import Scope
-from effreason_agents.state import ReasoningState
+from effreason_agents.adapters.ledger import Scope
+from effreason_agents.graph.state import ReasoningState
 
 from test_graph import large_reply, make_graph, small_reply  # noqa: F401  (fixture)
 
@@ -47,7 +47,7 @@ class UserState(TypedDict, total=False):
 def _user_graph(h: Any, **kw: Any) -> Any:
     builder = StateGraph(UserState)
     builder.add_node("prepare", lambda s: {"question": s["question"].strip(), "steps": ["prepare"]})
-    name = nodes.add_cost_aware_reasoning(builder, name="reason", services=h.services, **kw)
+    name = add_cost_aware_reasoning(builder, name="reason", services=h.services, **kw)
     builder.add_node("after", lambda s: {"steps": s["steps"] + ["after"]})
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", name)
@@ -73,7 +73,7 @@ def test_custom_keys_and_no_result_key(make_graph: Any) -> None:
 
     h = make_graph(small=[small_reply("5", 0.9)])
     builder = StateGraph(Other)
-    nodes.add_cost_aware_reasoning(builder, name="r", services=h.services, question_key="q", answer_key="a",
+    add_cost_aware_reasoning(builder, name="r", services=h.services, question_key="q", answer_key="a",
                                    result_key=None, context={"log": False})
     builder.add_edge(START, "r")
     builder.add_edge("r", END)
@@ -83,7 +83,7 @@ def test_custom_keys_and_no_result_key(make_graph: Any) -> None:
 def test_a_missing_question_key_is_a_clear_error(make_graph: Any) -> None:
     h = make_graph()
     builder = StateGraph(UserState)
-    nodes.add_cost_aware_reasoning(builder, name="reason", services=h.services, question_key="question")
+    add_cost_aware_reasoning(builder, name="reason", services=h.services, question_key="question")
     builder.add_edge(START, "reason")
     builder.add_edge("reason", END)
     with pytest.raises(InvalidQuestionError, match="no 'question' key"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.outcomes import AttemptRecord, BenchResult, BenchRun, OutcomeStore, RequestRecord
+from effreason_agents.adapters.store import AttemptRecord, BenchResult, BenchRun, OutcomeStore, RequestRecord
 from router_training.data import (
     RouterDataError,
     infer_format,

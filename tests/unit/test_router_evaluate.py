@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effreason_agents.metrics import MetricsError, PGRUndefinedError, oracle_curve
+from effreason_agents.evaluation.metrics import MetricsError, PGRUndefinedError, oracle_curve
 from router_training.evaluate import (
     TAU_GRID,
     EvaluationError,

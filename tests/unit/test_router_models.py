@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
-from effreason_agents.metrics import auroc  # noqa: E402
-from effreason_agents.router import Router, RouterError  # noqa: E402
+from effreason_agents.evaluation.metrics import auroc  # noqa: E402
+from effreason_agents.adapters.router import Router, RouterError  # noqa: E402
 from router_training.models import KINDS, FittedRouter, fit_predict, fit_router  # noqa: E402
 from router_training.table import OutcomeTable  # noqa: E402
 
@@ -194,7 +194,7 @@ def test_embeddings_featurizer_end_to_end_with_a_fake_embedder(train_table: Outc
         return out
 
     monkeypatch.setattr(emb, "embed", fake)
-    import effreason_agents.router as router_mod
+    import effreason_agents.adapters.router as router_mod
 
     monkeypatch.setattr(router_mod, "_require_embeddings", lambda: None)
     fitted = fit_router(train_table, "logistic", embeddings=True, max_words=5, max_chars=5)
@@ -210,7 +210,7 @@ def test_embeddings_router_without_torch_is_refused(train_table: OutcomeTable, t
     import router_training.embeddings as emb
 
     monkeypatch.setattr(emb, "embed", lambda texts, **_: np.zeros((len(texts), 384), np.float32))
-    import effreason_agents.router as router_mod
+    import effreason_agents.adapters.router as router_mod
 
     monkeypatch.setattr(router_mod, "_require_embeddings", lambda: None)
     path = fit_router(train_table, "logistic", embeddings=True, max_words=5, max_chars=5).save(tmp_path / "e")

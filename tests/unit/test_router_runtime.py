@@ -1,4 +1,4 @@
-"""effreason_agents.router: featurizer, artifact save/load and refusals, policy, atomic saves.
+"""effreason_agents.adapters.router: featurizer, artifact save/load and refusals, policy, atomic saves.
 
 Routers here are built from hand-made arrays, so these tests need numpy (scipy and
 scikit-learn only where a test says so); fitting is tested in test_router_models.py.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.router import (
+from effreason_agents.adapters.router import (
     ARTIFACT_FORMAT,
     FEATURIZER_VERSION,
     HAND_FEATURES,
@@ -238,7 +238,7 @@ def test_predict_without_scipy_uses_rows(tmp_path: Path, featurizer: Featurizer,
 
 
 def test_runtime_imports_numpy_only() -> None:
-    code = ("import sys, effreason_agents.router as r; "
+    code = ("import sys, effreason_agents.adapters.router as r; "
             "bad = [m for m in ('sklearn', 'scipy', 'torch', 'skops', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
@@ -345,7 +345,7 @@ def test_loading_never_unpickles(tmp_path: Path, featurizer: Featurizer, monkeyp
     r = Router.load(path)
     r.predict_one("what is the date")
     assert seen == [False]
-    src = (Path(__file__).resolve().parents[2] / "effreason_agents" / "router.py").read_text()
+    src = (Path(__file__).resolve().parents[2] / "effreason_agents" / "adapters" / "router.py").read_text()
     assert "import pickle" not in src and "allow_pickle=True" not in src
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from effreason_agents.errors import StoreError
-from effreason_agents.outcomes import AttemptRecord, RequestRecord, open_store
+from effreason_agents.adapters.store import AttemptRecord, RequestRecord, open_store
 from router_training.logs import ATTEMPT_ROW_KEYS, read_attempts, write_jsonl
 
 

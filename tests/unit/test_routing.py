@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from effreason_agents.budget import Spend
+from effreason_agents.core.budget import Spend
 from effreason_agents.config import BudgetConfig
-from effreason_agents.routing import escalation_decision, final_choice, pick_arm, start_rung
+from effreason_agents.engine.policy import escalation_decision, final_choice, pick_arm, start_rung
 
 NO_LIMIT = BudgetConfig()
 

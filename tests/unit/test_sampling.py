@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from effreason_agents.config import TierConfig
 from effreason_agents.errors import TierError
-from effreason_agents.sampling import (
+from effreason_agents.engine.sampling import (
     beta_posterior_majority,
     beta_stop,
     default_batch,
@@ -29,7 +29,7 @@ from effreason_agents.sampling import (
     sample_until_settled,
     settled,
 )
-from effreason_agents.tiers import TierClient, TokenLogprob, estimate_tokens
+from effreason_agents.adapters.tiers import TierClient, TokenLogprob, estimate_tokens
 
 # -- beta_stop ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from effreason_agents.config import Capabilities, StrategyConfig
-from effreason_agents.strategies import DIRECT_PREFIX, SEPARATOR, build_prompt, normalize_answer, parse_answer
+from effreason_agents.core.prompts import DIRECT_PREFIX, SEPARATOR, build_prompt, normalize_answer, parse_answer
 
 PREFILL = Capabilities(assistant_prefill=True)
 NO_PREFILL = Capabilities()

@@ -19,7 +19,7 @@ from effreason_agents.config import (
     config_from_data,
     default_config_data,
 )
-from effreason_agents.strategies import (
+from effreason_agents.core.prompts import (
     ANSWER_TYPES,
     SEPARATOR,
     build_prompt,
@@ -27,7 +27,7 @@ from effreason_agents.strategies import (
     parse_answer,
     split_thinking,
 )
-from effreason_agents.tiers import STOP_THINKING, TierClient
+from effreason_agents.adapters.tiers import STOP_THINKING, TierClient
 
 pytestmark = pytest.mark.timeout(60)
 

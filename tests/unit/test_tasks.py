@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.tasks import (
+from effreason_agents.evaluation.tasks import (
     CATEGORIES,
     SUITES,
     DatasetError,
@@ -150,7 +150,7 @@ def test_same_seed_same_items_across_processes() -> None:
 
     code = (
         "import hashlib, json\n"
-        "from effreason_agents.tasks import builtin_suite\n"
+        "from effreason_agents.evaluation.tasks import builtin_suite\n"
         "items = [it.model_dump() for it in builtin_suite(seed=7)]\n"
         "print(hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest())\n"
     )
@@ -763,13 +763,13 @@ def test_forced_format_applies_to_every_line(tmp_path: Path) -> None:
      ("March 6, 2024", "2024-03-06"), ("Hello  World!", "hello world"), ("3/4", "0.75")],
 )
 def test_answer_key_gives_one_vote_per_answer(a: str, b: str) -> None:
-    from effreason_agents.tasks import answer_key
+    from effreason_agents.evaluation.tasks import answer_key
 
     assert answer_key(a) == answer_key(b) is not None
 
 
 def test_answer_key_keeps_different_answers_apart() -> None:
-    from effreason_agents.tasks import answer_key
+    from effreason_agents.evaluation.tasks import answer_key
 
     assert len({answer_key(x) for x in ("5", "6", "yes", "no", "2024-03-06", "2024-03-07", "b", "c")}) == 8
     assert answer_key(None) is None and answer_key("  ") is None

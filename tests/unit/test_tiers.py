@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from effreason_agents.config import Capabilities, TierConfig, config_from_data, default_config_data
 from effreason_agents.errors import TierError
-from effreason_agents.tiers import (
+from effreason_agents.adapters.tiers import (
     TierClient,
     TokenLogprob,
     _error_kind,

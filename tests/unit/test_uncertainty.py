@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from effreason_agents.strategies import parse_answer
-from effreason_agents.tiers import TokenLogprob
-from effreason_agents.uncertainty import (
+from effreason_agents.core.prompts import parse_answer
+from effreason_agents.adapters.tiers import TokenLogprob
+from effreason_agents.core.confidence import (
     HEURISTIC_METHOD,
     SIGNAL_NAMES,
     answer_tokens,
@@ -157,8 +157,8 @@ def test_confidence_is_clamped() -> None:
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from effreason_agents.tiers import _parse_logprobs  # noqa: E402
-from effreason_agents.uncertainty import (  # noqa: E402
+from effreason_agents.adapters.tiers import _parse_logprobs  # noqa: E402
+from effreason_agents.core.confidence import (  # noqa: E402
     QUESTION_SIGNALS,
     available_signals,
     question_signals,
@@ -218,7 +218,7 @@ def test_sc_heuristic_is_the_majority_share() -> None:
 
 
 def test_question_signals() -> None:
-    from effreason_agents.classifier import classify_difficulty
+    from effreason_agents.core.features import classify_difficulty
 
     feats = classify_difficulty("What is 12 + 305?")[1]
     q = question_signals(feats, "317")

@@ -1,0 +1,3 @@
+from effreason_agents.cli import main
+
+main()

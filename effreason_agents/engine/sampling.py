@@ -1,0 +1,481 @@
+"""Adaptive sampling: draw answers from a tier until the majority is settled.
+
+Samples vote by the normal form of their answers (:func:`~effreason_agents.evaluation.tasks.answer_key`:
+"5", "5." and "5 apples" are one vote; "No, it is not" and "no" are one vote).
+
+Two published stopping rules, both pure functions of the answers seen so far:
+
+``beta_stop`` — Adaptive-Consistency (Aggarwal et al. 2023)
+    With the two most frequent answers counted ``a`` and ``b``, stop when
+    ``P(p1 > 0.5 | p1 ~ Beta(a+1, b+1)) >= confidence`` (0.95 in the paper).
+    For integer parameters the regularized incomplete Beta function has the
+    exact binomial-sum form ``I_x(α, β) = P(Binomial(α+β−1, x) ≥ α)``, so with
+    ``n = a+b+1``: ``P(p1 > 0.5) = 1 − I_0.5(a+1, b+1) = Σ_{k=0}^{a} C(n,k) / 2^n``
+    (no scipy; computed with exact integers).
+``esc_window_stop`` — Early-Stopping Self-Consistency (Li et al. 2024)
+    Answers fall into consecutive windows of ``window`` samples; stop when the
+    last complete window is unanimous (and its answer is not ``None``).
+
+``"fixed"`` draws every sample (no early stop): the plain self-consistency
+baseline, and the way to record a full sample sequence on which the adaptive
+rules can be replayed offline (``benchmarks/sc.py``).
+
+:func:`sample_until_settled` draws samples from a :class:`~effreason_agents.adapters.tiers.TierClient`
+in rounds until the chosen rule fires or ``cap`` samples are drawn, checking the
+rule after each round. A round is one request with the chat-completions ``n``
+parameter where the tier supports it, otherwise up to ``batch`` single-choice
+requests sent concurrently (threads). Its :class:`SampleResult` carries what a
+graph node needs to record the whole run as one attempt: the majority answer,
+the *representative* sample (the first one that gave the majority answer, with
+its logprobs), every sample's finish reason, and the summed usage and cost.
+
+Token accounting for ``n > 1``. The usage block is not trustworthy per choice:
+llama.cpp's server (the embedded tier) reports ``usage.completion_tokens`` for
+*one* choice only (verified on the raw JSON: two choices with 7 and 30
+logprob entries came back with ``completion_tokens = 7``), and LangChain's
+``ChatOpenAI`` double-counts usage for ``n > 1``. So this module calls the
+endpoint with the ``openai`` client directly, reads the raw ``chat.completion``
+JSON, and counts output tokens per choice (:func:`per_choice_usage`):
+
+1. ``"logprobs"``: the length of the choice's ``logprobs.content`` — one entry
+   per generated token, exact (it matches the server's own count for n = 1);
+2. ``"tokenizer"``: when a choice has no logprobs, its text counted with the
+   tier's tokenizer (``TierClient.count_tokens``: the embedded server's own
+   tokenizer, otherwise the o200k BPE estimate);
+3. ``"usage"``: with neither, a single-choice response's
+   ``usage.completion_tokens``; ``"usage-split"``: for several choices, that total
+   split evenly across them (right for engines whose usage covers all choices,
+   e.g. OpenAI; an undercount on llama.cpp — hence (2) is always preferred).
+
+The prompt is charged once per request (``usage.prompt_tokens``), as the
+engines prefill it once for all ``n`` choices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from effreason_agents.errors import TierError
+from effreason_agents.core.prompts import parse_answer
+from effreason_agents.evaluation.tasks import answer_key
+from effreason_agents.adapters.tiers import TierClient, TokenLogprob, _error_kind, _parse_logprobs, cost_usd
+
+Rule = Literal["beta", "esc", "fixed"]
+RULES: tuple[Rule, ...] = ("beta", "esc", "fixed")
+
+__all__ = [
+    "RULES",
+    "Rule",
+    "SampleResult",
+    "beta_posterior_majority",
+    "beta_stop",
+    "default_batch",
+    "esc_window_stop",
+    "majority",
+    "per_choice_usage",
+    "per_choice_usage_with_method",
+    "regularized_beta_int",
+    "representative_index",
+    "sample_until_settled",
+    "settled",
+]
+
+
+# -- stopping rules -------------------------------------------------------------------
+
+
+def regularized_beta_int(x: float, alpha: int, beta: int) -> float:
+    """``I_x(α, β)``, the Beta(α, β) CDF at ``x``, for positive integers α, β, by the
+    exact identity ``I_x(α, β) = P(Binomial(α+β−1, x) ≥ α)``."""
+    if alpha < 1 or beta < 1 or int(alpha) != alpha or int(beta) != beta:
+        raise ValueError("alpha and beta must be positive integers")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError("x must lie in [0, 1]")
+    n = alpha + beta - 1
+    return math.fsum(math.comb(n, k) * x**k * (1.0 - x) ** (n - k) for k in range(alpha, n + 1))
+
+
+def beta_posterior_majority(a: int, b: int) -> float:
+    """``P(p1 > 0.5 | p1 ~ Beta(a+1, b+1))`` exactly: ``Σ_{k=0}^{a} C(a+b+1, k) / 2^(a+b+1)``."""
+    if a < 0 or b < 0:
+        raise ValueError("counts cannot be negative")
+    n = a + b + 1
+    return sum(math.comb(n, k) for k in range(a + 1)) / 2**n
+
+
+def beta_stop(counts: Mapping[str, int], confidence: float = 0.95) -> bool:
+    """Adaptive-Consistency: stop when the leading answer's posterior probability of being
+    the majority, against the runner-up, reaches ``confidence``. ``counts`` maps answers
+    to how often they were seen; no answers → never stop."""
+    if not 0.0 < confidence <= 1.0:
+        raise ValueError("confidence must lie in (0, 1]")
+    top = sorted((int(c) for c in counts.values() if c > 0), reverse=True)
+    if not top:
+        return False
+    a = top[0]
+    b = top[1] if len(top) > 1 else 0
+    return beta_posterior_majority(a, b) >= confidence
+
+
+def esc_window_stop(answers: Sequence[str | None], window: int = 5) -> bool:
+    """Early-Stopping Self-Consistency: stop when the last complete window of ``window``
+    consecutive samples (windows ``[0:w]``, ``[w:2w]``, …) holds one non-``None`` answer."""
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    complete = len(answers) // window
+    if complete == 0:
+        return False
+    last = answers[(complete - 1) * window : complete * window]
+    return last[0] is not None and all(x == last[0] for x in last)
+
+
+def majority(answers: Sequence[str | None]) -> tuple[str | None, float, int]:
+    """``(answer, share, distinct)``: the most frequent non-``None`` answer (ties: the one
+    seen first), its share of the non-``None`` answers, and how many distinct non-``None``
+    answers there are. No answers → ``(None, 0.0, 0)``."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None, 0.0, 0
+    answer, n = counts.most_common(1)[0]
+    return answer, n / sum(counts.values()), len(counts)
+
+
+def settled(rule: Rule, answers: Sequence[str | None], confidence: float = 0.95, window: int = 5) -> bool:
+    """Whether ``rule`` stops after ``answers`` (in the order drawn): ``"beta"`` is
+    :func:`beta_stop` on the non-``None`` answers at ``confidence``, ``"esc"`` is
+    :func:`esc_window_stop` with ``window``, ``"fixed"`` never stops early."""
+    if rule == "beta":
+        return beta_stop(Counter(a for a in answers if a is not None), confidence)
+    if rule == "esc":
+        return esc_window_stop(answers, window)
+    if rule == "fixed":
+        return False
+    raise ValueError(f"unknown rule {rule!r} ({', '.join(RULES)})")
+
+
+def representative_index(answers: Sequence[str | None], answer: str | None) -> int | None:
+    """Index of the first of ``answers`` equal to ``answer`` (the majority); ``None`` when
+    ``answer`` is ``None`` or absent."""
+    if answer is None:
+        return None
+    return next((i for i, a in enumerate(answers) if a == answer), None)
+
+
+# -- per-choice token counts ----------------------------------------------------------------
+
+
+def per_choice_usage_with_method(
+    response_json: Mapping[str, Any], count_tokens: Callable[[str], int] | None = None
+) -> tuple[list[int], str]:
+    """Output tokens of each choice (in ``index`` order) of a raw ``chat.completion`` JSON,
+    and the method used (``logprobs``, ``tokenizer``, ``usage``, ``usage-split``; several
+    joined with ``+`` when the choices differ). See the module docstring."""
+    choices = sorted(response_json.get("choices") or [], key=lambda c: c.get("index", 0))
+    usage = response_json.get("usage") or {}
+    reported = int(usage.get("completion_tokens") or 0)
+    counts: list[int] = []
+    methods: list[str] = []
+    for ch in choices:
+        content = (ch.get("logprobs") or {}).get("content")
+        if content:
+            counts.append(len(content))
+            methods.append("logprobs")
+        elif count_tokens is not None:
+            text = (ch.get("message") or {}).get("content") or ""
+            counts.append(int(count_tokens(text)) if text else 0)
+            methods.append("tokenizer")
+        elif len(choices) == 1:
+            counts.append(reported)
+            methods.append("usage")
+        else:
+            counts.append(-1)  # filled below
+            methods.append("usage-split")
+    missing = [i for i, c in enumerate(counts) if c < 0]
+    if missing:
+        # Whatever usage reports beyond the choices already counted, split evenly.
+        rest = max(0, reported - sum(c for c in counts if c >= 0))
+        share, extra = divmod(rest, len(missing))
+        for j, i in enumerate(missing):
+            counts[i] = share + (1 if j < extra else 0)
+    method = "+".join(dict.fromkeys(methods)) or "none"
+    return counts, method
+
+
+def per_choice_usage(response_json: Mapping[str, Any], count_tokens: Callable[[str], int] | None = None) -> list[int]:
+    """Output tokens of each choice of a raw ``chat.completion`` JSON (see
+    :func:`per_choice_usage_with_method`)."""
+    return per_choice_usage_with_method(response_json, count_tokens)[0]
+
+
+# -- sampling loop --------------------------------------------------------------------------
+
+
+@dataclass
+class SampleResult:
+    """What :func:`sample_until_settled` drew: every sample, the majority, and the run's
+    usage summed over all samples and requests.
+
+    ``answers``, ``texts`` (with the prefill prepended), ``finish_reasons`` and
+    ``per_choice_tokens`` hold one entry per sample in the order drawn. The
+    *representative* sample is the first whose answer is the majority ``answer``
+    (``representative_index``; ``None`` when no sample gave an answer); its logprobs
+    (``representative_logprobs``, over the generated text after ``prefill``, with the top
+    alternatives the tier returns) stand for the run when it is recorded as one attempt.
+    ``truncated_share`` is the share of samples cut by ``max_tokens`` (finish reason
+    ``"length"``)."""
+
+    answers: list[str | None]
+    answer: str | None
+    share: float
+    distinct: int
+    samples_drawn: int
+    cap: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    requests: int
+    token_count_method: str
+    stopped_by: Literal["rule", "cap"]
+    rule: Rule = "beta"
+    texts: list[str] = field(default_factory=list)
+    per_choice_tokens: list[int] = field(default_factory=list)
+    reported_output_tokens: int = 0  # sum of usage.completion_tokens as the engine reported it
+    latency_s: float = 0.0  # wall time of the rounds (concurrent requests overlap)
+    representative_index: int | None = None
+    representative_logprobs: list[TokenLogprob] | None = None
+    prefill: str = ""
+    finish_reasons: list[str | None] = field(default_factory=list)
+    truncated_share: float = 0.0
+
+    @property
+    def representative_text(self) -> str | None:
+        """The representative sample's text (``None`` when there is none)."""
+        i = self.representative_index
+        return self.texts[i] if i is not None and i < len(self.texts) else None
+
+
+def _to_openai_messages(messages: Sequence[BaseMessage | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, Mapping):
+            out.append(dict(m))
+        elif isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": m.content})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": m.content})
+        elif isinstance(m, AIMessage):
+            out.append({"role": "assistant", "content": m.content})
+        else:
+            raise TypeError(f"unsupported message type {type(m).__name__}")
+    return out
+
+
+def default_batch(client: TierClient) -> int:
+    """Samples per round: 2. On tiers with ``n`` that is the choices per request, at most the
+    tier's ``n`` limit (the embedded server's ``n_parallel`` slots, which llama.cpp enforces
+    as the upper bound of ``n``); on other tiers, the concurrent single-choice requests."""
+    if not client.tier.capabilities.n:
+        return 2
+    return min(2, _n_limit(client))
+
+
+def _n_limit(client: TierClient) -> int:
+    if not client.tier.capabilities.n:
+        return 1
+    if client.tier.engine == "embedded":
+        cfg = getattr(client, "_config", None)
+        from effreason_agents.config import EmbeddedConfig
+
+        return (cfg.embedded if cfg is not None else EmbeddedConfig()).n_parallel
+    return 128  # OpenAI's documented maximum of n
+
+
+def _create(api: Any, client: TierClient, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """One chat-completions request as raw JSON; every failure becomes a :class:`TierError`."""
+    try:
+        raw = api.chat.completions.create(**kwargs).model_dump()
+    except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
+        kind, why = _error_kind(exc)
+        raise TierError(client.name, f"{why} after {client.tier.max_retries} retries", kind=kind) from exc
+    if not raw.get("choices"):
+        raise TierError(client.name, "the response held no choices", kind="bad_response")
+    return raw
+
+
+def _concurrently(
+    pool: ThreadPoolExecutor, api: Any, client: TierClient, kwargs: Mapping[str, Any], k: int
+) -> list[dict[str, Any]]:
+    """``k`` identical requests at once, in submission order. When any fails, the others are
+    still awaited, then the first failure (in submission order) is raised."""
+    futures = [pool.submit(_create, api, client, kwargs) for _ in range(k)]
+    wait(futures)
+    for f in futures:
+        exc = f.exception()
+        if exc is not None:
+            raise exc
+    return [f.result() for f in futures]
+
+
+def sample_until_settled(
+    client: TierClient,
+    messages: Sequence[BaseMessage | Mapping[str, Any]],
+    *,
+    max_tokens: int,
+    temperature: float = 0.7,
+    cap: int = 16,
+    batch: int | None = None,
+    rule: Rule = "beta",
+    confidence: float = 0.95,
+    window: int = 5,
+    stop: Sequence[str] | None = None,
+) -> SampleResult:
+    """Sample answers until ``rule`` says the majority is settled, or ``cap`` samples are
+    drawn: ``"beta"`` is :func:`beta_stop` at ``confidence``, ``"esc"`` is
+    :func:`esc_window_stop` with ``window``, ``"fixed"`` always draws ``cap`` samples.
+
+    Samples are drawn in rounds of ``min(remaining, batch)`` (``batch`` defaults to
+    :func:`default_batch`) and the rule is checked after each round. On tiers with
+    ``capabilities.n`` a round is one request for that many choices (``batch`` clipped to
+    the tier's ``n`` limit — the embedded server's ``n_parallel``); on other tiers it is that
+    many single-choice requests sent concurrently. Logprobs (with
+    ``capabilities.top_logprobs`` alternatives per token) are requested where the tier
+    supports them.
+
+    A trailing :class:`AIMessage` is an assistant prefill on tiers that declare
+    ``assistant_prefill`` (dropped elsewhere); it is prepended to each text before parsing
+    and reported as ``SampleResult.prefill``.
+
+    Bad arguments raise :class:`ValueError` before any request. A failed request raises
+    :class:`~effreason_agents.errors.TierError` (in a concurrent round, once the round's
+    other requests have finished)."""
+    import openai
+
+    if cap < 1:
+        raise ValueError("cap must be at least 1")
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r} ({', '.join(RULES)})")
+    if batch is not None and batch < 1:
+        raise ValueError("batch must be at least 1")
+    if rule == "beta" and not 0.0 < confidence <= 1.0:
+        raise ValueError("confidence must lie in (0, 1]")
+    if rule == "esc" and window < 1:
+        raise ValueError("window must be at least 1")
+    caps = client.tier.capabilities
+    size = batch if batch is not None else default_batch(client)
+    if caps.n:
+        size = max(1, min(size, _n_limit(client)))
+
+    msgs = list(messages)
+    prefill = ""
+    if msgs and isinstance(msgs[-1], AIMessage):
+        if caps.assistant_prefill:
+            prefill = str(msgs[-1].content)
+        else:
+            msgs = msgs[:-1]
+    request: dict[str, Any] = {
+        "model": client.tier.model,
+        "messages": _to_openai_messages(msgs),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    if caps.logprobs:
+        request["logprobs"] = True
+        if caps.top_logprobs:
+            request["top_logprobs"] = caps.top_logprobs
+    if stop:
+        request["stop"] = list(stop)
+
+    try:
+        api = openai.OpenAI(
+            base_url=client.base_url(), api_key=client.api_key(), timeout=client.tier.timeout_s, max_retries=client.tier.max_retries
+        )
+    except TierError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. the embedded server could not start
+        raise TierError(client.name, str(exc), kind="unavailable") from exc
+
+    answers: list[str | None] = []
+    texts: list[str] = []
+    finish: list[str | None] = []
+    raw_logprobs: list[Mapping[str, Any] | None] = []
+    per_choice: list[int] = []
+    methods: list[str] = []
+    input_tokens = reported = requests = dropped_tokens = 0
+    latency = 0.0
+    stopped_by: Literal["rule", "cap"] = "cap"
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sample") if not caps.n and size > 1 else None
+    try:
+        while len(answers) < cap:
+            k = min(cap - len(answers), size)
+            start = time.perf_counter()
+            if caps.n:
+                responses = [_create(api, client, {**request, "n": k} if k > 1 else request)]
+            elif pool is not None and k > 1:
+                responses = _concurrently(pool, api, client, request, k)
+            else:
+                responses = [_create(api, client, request)]
+            latency += time.perf_counter() - start
+            for raw in responses:
+                requests += 1
+                choices = sorted(raw["choices"], key=lambda c: c.get("index", 0))
+                counts, method = per_choice_usage_with_method(raw, client.count_tokens)
+                usage = raw.get("usage") or {}
+                input_tokens += int(usage.get("prompt_tokens") or 0)
+                reported += int(usage.get("completion_tokens") or 0)
+                methods.append(method)
+                for ch, n_tok in zip(choices, counts):
+                    if len(answers) >= cap:  # an engine that returned more choices than asked:
+                        dropped_tokens += n_tok  # keep the answers within the cap, but pay for them
+                        continue
+                    text = (ch.get("message") or {}).get("content") or ""
+                    if prefill and not text.startswith(prefill):
+                        text = prefill + text
+                    texts.append(text)
+                    answers.append(answer_key(parse_answer(text).answer))
+                    finish.append(ch.get("finish_reason"))
+                    raw_logprobs.append(ch.get("logprobs"))
+                    per_choice.append(n_tok)
+            if settled(rule, answers, confidence, window):
+                stopped_by = "rule"
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    answer, share, distinct = majority(answers)
+    rep = representative_index(answers, answer)
+    output_tokens = sum(per_choice) + dropped_tokens
+    return SampleResult(
+        answers=answers,
+        answer=answer,
+        share=share,
+        distinct=distinct,
+        samples_drawn=len(answers),
+        cap=cap,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=cost_usd(client.tier, input_tokens, output_tokens),
+        requests=requests,
+        token_count_method="+".join(dict.fromkeys(m for ms in methods for m in ms.split("+"))),
+        stopped_by=stopped_by,
+        rule=rule,
+        texts=texts,
+        per_choice_tokens=per_choice,
+        reported_output_tokens=reported,
+        latency_s=latency,
+        representative_index=rep,
+        representative_logprobs=_parse_logprobs(raw_logprobs[rep]) if rep is not None else None,
+        prefill=prefill,
+        finish_reasons=finish,
+        truncated_share=sum(1 for f in finish if f == "length") / len(finish) if finish else 0.0,
+    )
