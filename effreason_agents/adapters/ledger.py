@@ -27,11 +27,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from effreason_agents.config import BudgetConfig, LimitConfig
+from effreason_agents.core.money import format_usd, from_micro, to_micro, to_micro_floor
+from effreason_agents.core.records import Scope, ScopeKind, Usage
 from effreason_agents.errors import EffReasonError
 from effreason_agents.adapters.sqlite import SQLiteFile
 
@@ -51,109 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ScopeKind = Literal["request", "thread", "user"]
 ReservationStatus = Literal["reserved", "committed", "released"]
-MICRO = 1_000_000
 _LIMIT_NAMES = ("max_output_tokens", "max_total_tokens", "max_cost_usd")
-
-
-# --------------------------------------------------------------------------
-# Money and usage
-# --------------------------------------------------------------------------
-
-
-def _to_decimal(usd: Decimal | str | int) -> Decimal:
-    if isinstance(usd, float) or isinstance(usd, bool):
-        raise TypeError(f"money must be a Decimal, str or int, not {type(usd).__name__} ({usd!r}); floats lose cents")
-    try:
-        amount = Decimal(usd)
-    except (InvalidOperation, TypeError, ValueError):
-        raise ValueError(f"{usd!r} is not a decimal amount of USD; pass e.g. '0.000123'") from None
-    if not amount.is_finite():
-        raise ValueError(f"{usd!r} is not a finite amount of USD")
-    return amount
-
-
-def _round_micro(usd: Decimal | str | int, rounding: str) -> int:
-    amount = _to_decimal(usd)
-    with localcontext() as ctx:
-        ctx.prec = 60
-        return int((amount * MICRO).to_integral_value(rounding=rounding))
-
-
-def to_micro(usd: Decimal | str | int) -> int:
-    """USD to integer micro-dollars, rounded up (``to_micro("0.0000001") == 1``)."""
-    return _round_micro(usd, ROUND_CEILING)
-
-
-def from_micro(micro: int) -> Decimal:
-    """Integer micro-dollars to USD with six decimal places (``from_micro(1500) == Decimal("0.001500")``)."""
-    return Decimal(int(micro)).scaleb(-6).quantize(Decimal("0.000001"))
-
-
-def _fmt_usd(micro: int) -> str:
-    """``$0.0100``: at least four decimals, more when needed."""
-    text = f"{from_micro(micro):.6f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(4, '0')}"
-
-
-@dataclass(frozen=True)
-class Scope:
-    """A budget scope: one request, one conversation thread or one user / API key."""
-
-    kind: ScopeKind
-    key: str
-
-    def __post_init__(self) -> None:
-        if self.kind not in get_args(ScopeKind):
-            raise ValueError(f"scope kind {self.kind!r} is not one of {', '.join(get_args(ScopeKind))}")
-        if not isinstance(self.key, str) or not self.key:
-            raise ValueError(f"a {self.kind} scope needs a non-empty string key, got {self.key!r}")
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.key}"
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens and money (micro-dollars) used, or that may be used, by a model call."""
-
-    output_tokens: int = 0
-    total_tokens: int = 0
-    micro_usd: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("output_tokens", "total_tokens", "micro_usd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Usage.{name} must be an int >= 0, got {value!r}")
-
-    @classmethod
-    def from_usd(cls, output_tokens: int = 0, total_tokens: int = 0, cost_usd: Decimal | str | int = 0) -> Usage:
-        """Build a usage from a USD amount (rounded up to whole micro-dollars)."""
-        return cls(output_tokens, total_tokens, to_micro(cost_usd))
-
-    @property
-    def cost_usd(self) -> Decimal:
-        return from_micro(self.micro_usd)
-
-    def __add__(self, other: object) -> Usage:
-        if not isinstance(other, Usage):
-            return NotImplemented
-        return Usage(
-            self.output_tokens + other.output_tokens,
-            self.total_tokens + other.total_tokens,
-            self.micro_usd + other.micro_usd,
-        )
-
-    def exceeds(self, other: Usage) -> bool:
-        """True when any quantity is larger than in ``other``."""
-        return (
-            self.output_tokens > other.output_tokens
-            or self.total_tokens > other.total_tokens
-            or self.micro_usd > other.micro_usd
-        )
 
 
 # --------------------------------------------------------------------------
@@ -180,10 +81,10 @@ class BudgetExhausted(EffReasonError):
         unit = {"max_output_tokens": "output tokens", "max_total_tokens": "tokens"}.get(limit, "")
 
         def fmt(v: int) -> str:
-            return _fmt_usd(v) if money else f"{v} {unit}"
+            return format_usd(from_micro(v), symbol=True) if money else f"{v} {unit}"
 
         if remaining <= 0:
-            head = _fmt_usd(used) if money else str(used)
+            head = format_usd(from_micro(used), symbol=True) if money else str(used)
             msg = f"the {scope.kind} budget is spent: {head} of {fmt(limit_value)} used"
         else:
             msg = (
@@ -323,7 +224,7 @@ class BudgetLedger(SQLiteFile):
         rounded down to whole micro-dollars."""
         micro = None
         if limits.max_cost_usd is not None:
-            micro = _round_micro(limits.max_cost_usd, ROUND_FLOOR)
+            micro = to_micro_floor(limits.max_cost_usd)
             if micro <= 0:
                 raise ValueError(f"max_cost_usd={limits.max_cost_usd} for {scope} is below one micro-dollar ($0.000001)")
         with self._transaction(f"set limits of {scope}") as conn:

@@ -19,7 +19,6 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
@@ -27,60 +26,20 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from effreason_agents.config import Config, TierConfig
+from effreason_agents.core.money import call_cost, format_usd
+from effreason_agents.core.records import Completion, TokenLogprob
 from effreason_agents.errors import EffReasonError, TierError
 from effreason_agents.core.prompts import SEPARATOR
 
-ONE_MILLION = Decimal(1_000_000)
 STOP_THINKING = f"Stop thinking and give the final answer after {SEPARATOR}."
 
 
-def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int) -> Decimal:
-    """Exact cost of a call from its usage and the tier's prices per 1M tokens."""
-    if input_tokens < 0 or output_tokens < 0:
-        raise ValueError("token counts cannot be negative")
-    return (Decimal(input_tokens) * tier.price_input_per_1m + Decimal(output_tokens) * tier.price_output_per_1m) / ONE_MILLION
-
-
-def format_usd(amount: Decimal | str) -> str:
-    """A decimal amount of dollars as a plain string, without exponent notation."""
-    d = Decimal(amount)
-    if d == 0:
-        return "0"
-    return format(d.normalize(), "f")
-
-
-@dataclass
-class TokenLogprob:
-    """One generated token, its logprob and the top alternatives the endpoint returned."""
-
-    token: str
-    logprob: float
-    top: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"token": self.token, "logprob": self.logprob, "top": [list(t) for t in self.top]}
-
-
-@dataclass
-class Completion:
-    """What one chat-completions call returned."""
-
-    text: str
-    input_tokens: int
-    output_tokens: int
-    finish_reason: str | None
-    latency_s: float
-    model: str
-    cost_usd: Decimal
-    logprobs: list[TokenLogprob] | None = None
-    prefill: str = ""
-
-    @property
-    def generated_text(self) -> str:
-        """The text the model generated, without a prefilled assistant prefix."""
-        if self.prefill and self.text.startswith(self.prefill):
-            return self.text[len(self.prefill) :]
-        return self.text
+def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
+    """Exact cost of a call from its usage and the tier's prices per 1M tokens (cached input
+    tokens at the tier's cached-input price when it has one)."""
+    return call_cost(input_tokens, output_tokens, tier.price_input_per_1m, tier.price_output_per_1m,
+                     cached_input_tokens=cached_input_tokens,
+                     price_cached_input_per_1m=getattr(tier, "price_cached_input_per_1m", None))
 
 
 def _parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:

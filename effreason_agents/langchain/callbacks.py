@@ -51,7 +51,7 @@ from langchain_core.runnables.config import ensure_config, merge_configs
 from langchain_core.tracers.context import register_configure_hook
 
 from effreason_agents.config import Config, TierConfig
-from effreason_agents.adapters.tiers import ONE_MILLION, format_usd
+from effreason_agents.core.money import ONE_MILLION, format_usd
 
 __all__ = [
     "METADATA_PREFIX",
