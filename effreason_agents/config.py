@@ -19,6 +19,7 @@ naming the field path and the reason.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,6 +41,32 @@ Difficulty = Literal["easy", "medium", "hard"]
 DEFAULT_CONFIG_FILENAME = "effreason.toml"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_LARGE_MODEL = "gpt-4o-mini"
+
+
+def catalogue_prices(model: str, base_url: str | None = None) -> tuple[Decimal, Decimal, Decimal | None] | None:
+    """(input, output, cached input) USD per 1M tokens of a well-known ``model`` from the
+    maintained ``genai-prices`` catalogue, or ``None`` when it is not installed or does not
+    know the model."""
+    return _catalogue_prices(model, base_url)
+
+
+@functools.lru_cache(maxsize=64)
+def _catalogue_prices(model: str, base_url: str | None) -> tuple[Decimal, Decimal, Decimal | None] | None:
+    try:
+        from genai_prices import Usage, calc_price
+    except ImportError:
+        return None
+    url = base_url if base_url and "api.openai.com" in base_url else None
+    try:
+        def per_1m(**tokens: int) -> Decimal:
+            kw = {"provider_api_url": url} if url else {}
+            return Decimal(str(calc_price(Usage(**tokens), model, **kw).total_price))
+
+        m = 1_000_000
+        cached = per_1m(input_tokens=m, cache_read_tokens=m)
+        return per_1m(input_tokens=m), per_1m(output_tokens=m), cached
+    except Exception:  # noqa: BLE001 - an unknown model: the catalogue has no price
+        return None
 
 
 class _Model(BaseModel):
@@ -71,8 +98,18 @@ class TierConfig(_Model):
         default=None, description="OpenAI-compatible base URL ending in /v1; the embedded engine fills it in"
     )
     api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
-    price_input_per_1m: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1M input tokens")
-    price_output_per_1m: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1M output tokens")
+    price_input_per_1m: Decimal = Field(
+        default=None, ge=0, validate_default=False,
+        description="USD per 1M input tokens; unset: the price catalogue's (genai-prices) for remote "
+        "models it knows, else 0",
+    )
+    price_output_per_1m: Decimal = Field(
+        default=None, ge=0, validate_default=False,
+        description="USD per 1M output tokens (reasoning tokens included); unset: as price_input_per_1m",
+    )
+    price_cached_input_per_1m: Decimal | None = Field(
+        default=None, ge=0, description="USD per 1M cached input tokens; unset: the catalogue's, else the input price"
+    )
     context_window: int = Field(default=8192, gt=0, description="tokens of prompt + output the tier accepts")
     capabilities: Capabilities = Field(default_factory=Capabilities)
     timeout_s: float = Field(default=60.0, gt=0)
@@ -93,11 +130,26 @@ class TierConfig(_Model):
 
     @model_validator(mode="after")
     def _engine_rules(self) -> "TierConfig":
+        if self.price_input_per_1m is None or self.price_output_per_1m is None:
+            self._fill_prices()
         if self.extra_body and self.engine != "vllm":
             raise ValueError("extra_body holds vLLM-only request fields; set engine = 'vllm' to use it")
         if self.engine in ("vllm", "openai-compatible") and self.base_url is None:
             raise ValueError(f"engine {self.engine!r} needs base_url")
         return self
+
+    def _fill_prices(self) -> None:
+        """Unset prices: local engines are free; remote models take the price catalogue's
+        (the config, when it sets a price, always wins); unknown models cost 0."""
+        found = catalogue_prices(self.model, self.base_url) if self.engine in ("openai", "openai-compatible") else None
+        values = {
+            "price_input_per_1m": found[0] if found else Decimal(0),
+            "price_output_per_1m": found[1] if found else Decimal(0),
+            "price_cached_input_per_1m": found[2] if found else None,
+        }
+        for name, value in values.items():
+            if getattr(self, name) is None and value is not None:
+                self.__dict__[name] = value  # no re-validation loop
 
     def is_enabled(self, environ: Mapping[str, str] | None = None) -> bool:
         if self.enabled != "auto":
@@ -435,6 +487,12 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if file is not None:
         try:
             file_data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"invalid configuration ({file}): not UTF-8 text (byte {e.start}); save the file as UTF-8"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {file}: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"invalid configuration ({file}): not valid TOML: {e}") from None
         data = _deep_merge(data, file_data)

@@ -6,6 +6,13 @@ raised before any model is called.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from effreason_agents.core.records import Scope
+
 
 class EffReasonError(Exception):
     """Base class of every error raised by effreason-agents."""
@@ -41,3 +48,60 @@ class EngineUnavailableError(EffReasonError, RuntimeError):
 
 class StoreError(EffReasonError):
     """The outcome store could not be opened, migrated or written."""
+
+
+class LedgerError(EffReasonError):
+    """The budget ledger could not be opened or written, or a hold was misused
+    (settled without being reserved)."""
+
+
+class BudgetExhausted(EffReasonError):
+    """A scope's budget cannot cover the worst case of the next model call.
+
+    ``scope`` is the :class:`~effreason_agents.core.records.Scope` that ran out and
+    ``scope_kind`` its kind as a plain string (``"request"``, ``"thread"`` or ``"user"``).
+    ``limit`` names the limit (``max_output_tokens``, ``max_total_tokens`` or
+    ``max_cost_usd``); ``needed`` is the worst case asked for and ``remaining`` what was
+    left (ints for tokens, ``Decimal`` USD for money); ``limit_value`` and ``used``
+    (committed + held) complete the picture. The message can be shown to the end user
+    as is.
+    """
+
+    def __init__(self, scope: Scope, limit: str, *, needed: int, remaining: int, limit_value: int, used: int) -> None:
+        from effreason_agents.core.money import format_usd, from_micro
+
+        money = limit == "max_cost_usd"
+        unit = {"max_output_tokens": "output tokens", "max_total_tokens": "tokens"}.get(limit, "")
+
+        def fmt(v: int) -> str:
+            return format_usd(from_micro(v), symbol=True) if money else f"{v} {unit}"
+
+        if remaining <= 0:
+            head = format_usd(from_micro(used), symbol=True) if money else str(used)
+            msg = f"the {scope.kind} budget is spent: {head} of {fmt(limit_value)} used"
+        else:
+            msg = (
+                f"the {scope.kind} budget is nearly spent: the next step may need up to {fmt(needed)}, "
+                f"but only {fmt(remaining)} of {fmt(limit_value)} is left"
+            )
+        super().__init__(msg)
+        self._raw = (scope, limit, needed, remaining, limit_value, used)
+        self.scope = scope
+        self.scope_kind: str = str(scope.kind)
+        self.limit = limit
+        self.needed: int | Decimal = from_micro(needed) if money else needed
+        self.remaining: int | Decimal = from_micro(max(remaining, 0)) if money else max(remaining, 0)
+        self.limit_value: int | Decimal = from_micro(limit_value) if money else limit_value
+        self.used: int | Decimal = from_micro(used) if money else used
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: rebuild from the raw values so the error survives pickling
+        # (process pools, multiprocessing queues).
+        scope, limit, needed, remaining, limit_value, used = self._raw
+        return (_rebuild_budget_exhausted, (scope, limit, needed, remaining, limit_value, used))
+
+
+def _rebuild_budget_exhausted(
+    scope: Scope, limit: str, needed: int, remaining: int, limit_value: int, used: int
+) -> BudgetExhausted:
+    return BudgetExhausted(scope, limit, needed=needed, remaining=remaining, limit_value=limit_value, used=used)

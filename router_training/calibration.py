@@ -44,6 +44,7 @@ from effreason_agents.adapters.calibrator import (
 )
 from effreason_agents.evaluation.metrics import auroc, brier, ece
 from effreason_agents.core.confidence import SIGNAL_NAMES
+from effreason_agents.core.numeric import sigmoid
 
 __all__ = [
     "auroc",
@@ -114,15 +115,6 @@ def _data_sha256(sigs: Sequence[Mapping[str, Any]], y: np.ndarray, features: Seq
 # -- models ----------------------------------------------------------------------
 
 
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    out = np.empty_like(t, dtype=float)
-    pos = t >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-t[pos]))
-    e = np.exp(t[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
-
-
 def _fit_logistic(X: np.ndarray, y: np.ndarray, c: float = RIDGE_C) -> dict[str, Any]:
     """Ridge logistic regression on standardized, mean-imputed features (Newton + backtracking)."""
     mean = np.array([np.nanmean(col) if np.isfinite(col).any() else 0.0 for col in X.T])
@@ -143,7 +135,7 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, c: float = RIDGE_C) -> dict[str,
     beta = np.zeros(d)
     cur = loss(beta)
     for _ in range(100):
-        p = _sigmoid(Z @ beta)
+        p = sigmoid(Z @ beta)
         grad = Z.T @ (p - yf) + pen * beta
         H = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(pen + 1e-9)
         step = np.linalg.solve(H, grad)
@@ -222,7 +214,7 @@ def _predict_matrix(kind: str, params: Mapping[str, Any], X: np.ndarray) -> np.n
     Xi = np.where(np.isnan(X), mean, X)
     if kind == "logistic":
         z = (Xi - mean) / np.asarray(params["scale"], dtype=float)
-        p = _sigmoid(z @ np.asarray(params["weights"], dtype=float) + float(params["intercept"]))
+        p = sigmoid(z @ np.asarray(params["weights"], dtype=float) + float(params["intercept"]))
     elif kind == "isotonic":
         p = np.interp(Xi[:, 0], np.asarray(params["x"], dtype=float), np.asarray(params["y"], dtype=float))
     else:

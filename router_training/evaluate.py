@@ -37,7 +37,7 @@ from effreason_agents.evaluation.metrics import (
     two_arm_summary,
 )
 
-from .table import OutcomeTable
+from effreason_agents.evaluation.outcomes import OutcomeTable
 
 __all__ = [
     "EvaluationError",

@@ -60,7 +60,7 @@ from effreason_agents.adapters.router import (
     save_router,
 )
 
-from .table import OutcomeTable
+from effreason_agents.evaluation.outcomes import OutcomeTable
 
 __all__ = ["C_AUTO_MAX_ROWS", "C_GRID", "C_LARGE", "DEFAULTS", "KINDS", "FittedRouter", "fit_predict", "fit_router"]
 

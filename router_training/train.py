@@ -21,7 +21,7 @@ from typing import Any
 from effreason_agents.adapters.atomic import write_json
 from effreason_agents.errors import EffReasonError
 
-from .table import OutcomeTable
+from effreason_agents.evaluation.outcomes import OutcomeTable
 
 __all__ = ["RouterTrainError", "calibrate_policy", "evaluate", "train"]
 

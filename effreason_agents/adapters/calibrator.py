@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import EffReasonError
 
 __all__ = [
@@ -229,17 +230,10 @@ class Calibrator:
         if self.kind == "logistic":
             z = (x - self._mean) / self._scale
             logit = float(np.dot(self._weights, z) + self._intercept)
-            p = _sigmoid(logit)
+            p = sigmoid(logit)
         else:
             p = float(np.interp(x[0], self._x, self._y))
         return min(1.0, max(0.0, p))
-
-
-def _sigmoid(t: float) -> float:
-    if t >= 0:
-        return 1.0 / (1.0 + math.exp(-t))
-    e = math.exp(t)
-    return e / (1.0 + e)
 
 
 class CalibratorSet(dict):

@@ -1,43 +1,53 @@
-"""Budget ledger: reserve the worst case before a model call, commit what it really cost.
+"""Budget ledger: hold the worst case before a model call, settle what it really cost.
 
 Money is kept in integer micro-dollars (``1 USD = 1_000_000``); amounts are rounded
-UP when converted (:func:`to_micro`), so a reservation never under-counts, and
-limits are rounded DOWN, so a cap is never raised by rounding.
+UP when converted (:func:`to_micro`), so a hold never under-counts, and limits are
+rounded DOWN, so a cap is never raised by rounding.
 
-A request touches several scopes at once (the request itself, its conversation
-thread, the user / API key). :meth:`BudgetLedger.reserve` checks, in one
-``BEGIN IMMEDIATE`` transaction, that for every scope
+The budget protocol, as this ledger implements it:
 
-    committed actual + outstanding reservations + this worst case <= limit
+* **Hold.** A request touches several scopes at once (the request itself, its
+  conversation thread, the user / API key). :meth:`BudgetLedger.reserve` checks, in one
+  ``BEGIN IMMEDIATE`` transaction, that for every scope
 
-for each limited quantity (output tokens, total tokens, dollars), and writes the
-reservation only when all fit. SQLite's write lock serialises that check across
-threads, ledger instances and processes, so concurrent requests can never
-together overspend a cap. Reservations are keyed by an idempotency key: LangGraph
-may re-run a node after a retry or an interrupt, and re-running ``reserve`` /
-``commit`` with the same key never charges twice.
+      committed actual + outstanding holds + this worst case <= limit
+
+  for each limited quantity (output tokens, total tokens, dollars), and writes the hold
+  only when all fit. SQLite's write lock serialises that check across threads, ledger
+  instances and processes, so concurrent requests can never together overspend a cap.
+* **Settle exactly once.** Holds are keyed by (request, attempt). Re-running
+  ``reserve`` / ``commit`` with the same key never charges twice; the settlement keeps
+  the call's result (:meth:`BudgetLedger.settled`), so a re-executed step returns it
+  instead of calling the provider again.
+* **Nothing leaks.** Every hold expires (``ttl_s``). Each ``reserve`` first releases the
+  holds whose time is up, so the holds of a killed process free their room the next
+  time anyone uses the ledger. A call that outlives its hold is still recorded when it
+  settles: the ledger's spend is what the providers billed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
+from effreason_agents.adapters.sqlite import SQLiteFile
 from effreason_agents.config import BudgetConfig, LimitConfig
 from effreason_agents.core.money import format_usd, from_micro, to_micro, to_micro_floor
 from effreason_agents.core.records import Scope, ScopeKind, Usage
-from effreason_agents.errors import EffReasonError
-from effreason_agents.adapters.sqlite import SQLiteFile
+from effreason_agents.errors import BudgetExhausted, LedgerError
 
 __all__ = [
+    "DEFAULT_TTL_S",
     "MIGRATIONS",
     "BudgetExhausted",
     "BudgetLedger",
@@ -54,54 +64,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ReservationStatus = Literal["reserved", "committed", "released"]
+DEFAULT_TTL_S = 900.0
+"""How long a hold lives when ``reserve`` is given no ``ttl_s``: above the longest model call."""
+
 _LIMIT_NAMES = ("max_output_tokens", "max_total_tokens", "max_cost_usd")
 
 
 # --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-
-class LedgerError(EffReasonError):
-    """The budget ledger could not be opened or written, or a reservation was misused."""
-
-
-class BudgetExhausted(EffReasonError):
-    """A scope's budget cannot cover the worst case of the next model call.
-
-    ``limit`` names the limit (``max_output_tokens``, ``max_total_tokens`` or
-    ``max_cost_usd``); ``needed`` is the worst case asked for and ``remaining``
-    what was left (ints for tokens, ``Decimal`` USD for money); ``limit_value`` and
-    ``used`` (committed + reserved) complete the picture. The message can be shown
-    to the end user as is.
-    """
-
-    def __init__(self, scope: Scope, limit: str, *, needed: int, remaining: int, limit_value: int, used: int) -> None:
-        money = limit == "max_cost_usd"
-        unit = {"max_output_tokens": "output tokens", "max_total_tokens": "tokens"}.get(limit, "")
-
-        def fmt(v: int) -> str:
-            return format_usd(from_micro(v), symbol=True) if money else f"{v} {unit}"
-
-        if remaining <= 0:
-            head = format_usd(from_micro(used), symbol=True) if money else str(used)
-            msg = f"the {scope.kind} budget is spent: {head} of {fmt(limit_value)} used"
-        else:
-            msg = (
-                f"the {scope.kind} budget is nearly spent: the next step may need up to {fmt(needed)}, "
-                f"but only {fmt(remaining)} of {fmt(limit_value)} is left"
-            )
-        super().__init__(msg)
-        self.scope = scope
-        self.limit = limit
-        self.needed: int | Decimal = from_micro(needed) if money else needed
-        self.remaining: int | Decimal = from_micro(max(remaining, 0)) if money else max(remaining, 0)
-        self.limit_value: int | Decimal = from_micro(limit_value) if money else limit_value
-        self.used: int | Decimal = from_micro(used) if money else used
-
-
-# --------------------------------------------------------------------------
-# The ledger
+# Schema
 # --------------------------------------------------------------------------
 
 # Named, append-only migrations: never edit or reorder an entry; add new ones at the end.
@@ -140,6 +110,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX idx_reservation_scopes_scope ON reservation_scopes(kind, scope_key)",
         ],
     ),
+    (
+        # Holds expire (expires_at; NULL on holds written before this migration, which
+        # expire default_ttl_s after updated_at) and settlements keep the call's result.
+        # The scope index gains reservation_key so the per-scope totals read only the index.
+        "0002_hold_expiry_and_result",
+        [
+            "ALTER TABLE reservations ADD COLUMN expires_at REAL",
+            "ALTER TABLE reservations ADD COLUMN result TEXT",
+            "CREATE INDEX idx_reservations_status_expires ON reservations(status, expires_at)",
+            "CREATE INDEX idx_reservation_scopes_scope_key ON reservation_scopes(kind, scope_key, reservation_key)",
+            "DROP INDEX idx_reservation_scopes_scope",
+        ],
+    ),
 ]
 
 _SCOPE_TOTALS_SQL = """
@@ -154,11 +137,58 @@ FROM reservation_scopes s JOIN reservations r ON r.key = s.reservation_key
 WHERE s.kind = ? AND s.scope_key = ?
 """
 
+# Limits and totals of several scopes in one statement: only scopes with a limits row are
+# returned (the others are unlimited); each is found through the primary key of
+# scope_limits and its holds through idx_reservation_scopes_scope_key (covering).
+_CHECK_SQL = """
+WITH want(pos, kind, scope_key) AS (VALUES {values})
+SELECT w.pos AS pos, l.max_output_tokens, l.max_total_tokens, l.max_micro_usd,
+  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS u_out,
+  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS u_tot,
+  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS u_usd
+FROM want w
+JOIN scope_limits l ON l.kind = w.kind AND l.scope_key = w.scope_key
+LEFT JOIN reservation_scopes s ON s.kind = w.kind AND s.scope_key = w.scope_key
+LEFT JOIN reservations r ON r.key = s.reservation_key
+GROUP BY w.pos
+ORDER BY w.pos
+"""
+
+# Expired holds, found through idx_reservations_status_expires (and, for holds from before
+# migration 0002 without an expiry, idx_reservations_status_updated).
+_SWEEP_SQL = """
+UPDATE reservations SET status = 'released', updated_at = ?
+WHERE status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))
+"""
+
+
+def _check_sql(n: int) -> str:
+    return _CHECK_SQL.format(values=", ".join(["(?, ?, ?)"] * n))
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def _usage_json(output_tokens: int, total_tokens: int, micro_usd: int) -> dict[str, Any]:
+    return {"output_tokens": output_tokens, "total_tokens": total_tokens, "cost_usd": format_usd(from_micro(micro_usd))}
+
+
+# --------------------------------------------------------------------------
+# The ledger
+# --------------------------------------------------------------------------
+
 
 @dataclass
 class Reservation:
     """Handle given by :meth:`BudgetLedger.reservation`. ``status`` is what ``reserve``
-    returned: ``"committed"`` means this step already ran and was paid for (a re-run)."""
+    returned: ``"committed"`` means this step already ran and was paid for (a re-run;
+    :meth:`BudgetLedger.settled` has its result)."""
 
     ledger: BudgetLedger = field(repr=False)
     key: str
@@ -168,8 +198,8 @@ class Reservation:
     def already_committed(self) -> bool:
         return self.status == "committed"
 
-    def commit(self, actual: Usage) -> None:
-        self.ledger.commit(self.key, actual)
+    def commit(self, actual: Usage, *, result: Mapping[str, Any] | None = None) -> None:
+        self.ledger.commit(self.key, actual, result=result)
         self.status = "committed"
 
     def release(self) -> None:
@@ -179,22 +209,34 @@ class Reservation:
 
 
 class BudgetLedger(SQLiteFile):
-    """Per-scope limits, reservations and spend in one SQLite file (WAL).
+    """Per-scope limits, holds and spend in one SQLite file (WAL, ``synchronous=FULL``:
+    a committed settlement survives a power loss).
 
     One connection guarded by a lock, so an instance can be shared by threads;
     separate instances and processes on the same file coordinate through SQLite's
     write lock (every check-and-write is one ``BEGIN IMMEDIATE`` transaction) and
-    the busy timeout.
+    the busy timeout. ``default_ttl_s`` is how long a hold lives when ``reserve`` is
+    not given ``ttl_s``; ``clock`` (wall-clock seconds, shared by every process using
+    the file) exists for tests.
     """
 
     kind = "budget ledger"
     error = LedgerError
     migrations = MIGRATIONS
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout_s: float = 30.0,
+        default_ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self.default_ttl_s = self._valid_ttl(default_ttl_s, "default_ttl_s")
+        self._clock = clock
         if self.path.is_dir():
             raise LedgerError(f"budget ledger path {self.path} is a directory; point it at a file inside it")
         try:
@@ -207,6 +249,7 @@ class BudgetLedger(SQLiteFile):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")  # money: every settlement is on disk when commit returns
             self._prepare(timeout_s)
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -217,23 +260,34 @@ class BudgetLedger(SQLiteFile):
             self.close()
             raise
 
+    @staticmethod
+    def _valid_ttl(ttl_s: float, name: str) -> float:
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
+            raise ValueError(f"{name} must be a number of seconds > 0 (above the longest model call), got {ttl_s!r}")
+        return float(ttl_s)
+
     # -- limits ------------------------------------------------------------
 
-    def set_limits(self, scope: Scope, limits: LimitConfig) -> None:
-        """Set (replace) a scope's limits; ``None`` fields are unlimited. Money limits are
-        rounded down to whole micro-dollars."""
+    @staticmethod
+    def _limit_row(scope: Scope, limits: LimitConfig, now: float) -> tuple[Any, ...]:
         micro = None
         if limits.max_cost_usd is not None:
             micro = to_micro_floor(limits.max_cost_usd)
             if micro <= 0:
                 raise ValueError(f"max_cost_usd={limits.max_cost_usd} for {scope} is below one micro-dollar ($0.000001)")
+        return (scope.kind, scope.key, limits.max_output_tokens, limits.max_total_tokens, micro, now)
+
+    def set_limits(self, scope: Scope, limits: LimitConfig) -> None:
+        """Set (replace) a scope's limits; ``None`` fields are unlimited. Money limits are
+        rounded down to whole micro-dollars."""
+        row = self._limit_row(scope, limits, self._clock())
         with self._transaction(f"set limits of {scope}") as conn:
             conn.execute(
                 "INSERT INTO scope_limits (kind, scope_key, max_output_tokens, max_total_tokens, max_micro_usd, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, scope_key) DO UPDATE SET "
                 "max_output_tokens = excluded.max_output_tokens, max_total_tokens = excluded.max_total_tokens, "
                 "max_micro_usd = excluded.max_micro_usd, updated_at = excluded.updated_at",
-                (scope.kind, scope.key, limits.max_output_tokens, limits.max_total_tokens, micro, time.time()),
+                row,
             )
 
     def limits(self, scope: Scope) -> LimitConfig | None:
@@ -250,25 +304,78 @@ class BudgetLedger(SQLiteFile):
     def configure(
         self, budget: BudgetConfig, request_id: str, thread_id: str | None = None, user_id: str | None = None
     ) -> list[Scope]:
-        """Set the limits of a request (and its thread and user, when given) from the
-        configuration; returns the scopes to pass to :meth:`reserve`."""
-        scopes = [(Scope("request", request_id), LimitConfig.model_validate(budget.model_dump(include=set(_LIMIT_NAMES))))]
+        """Set (replace) the limits of a request, and of its thread and user when given, from
+        the configuration; returns the scopes to pass to :meth:`reserve`. To set limits only
+        where a scope has none (keeping, say, a thread budget a chatbot chose), pass
+        the scopes' limits to :meth:`ensure_limits` or ``reserve(..., limits=...)`` instead."""
+        request = LimitConfig.model_validate(budget.model_dump(include=set(_LIMIT_NAMES)))
+        scopes = {Scope("request", request_id): request}
         if thread_id:
-            scopes.append((Scope("thread", thread_id), budget.thread))
+            scopes[Scope("thread", thread_id)] = budget.thread
         if user_id:
-            scopes.append((Scope("user", user_id), budget.user))
-        for scope, limits in scopes:
+            scopes[Scope("user", user_id)] = budget.user
+        for scope, limits in scopes.items():
             self.set_limits(scope, limits)
-        return [scope for scope, _ in scopes]
+        return list(scopes)
 
-    # -- reservations ------------------------------------------------------
+    def _missing_limit_rows(self, limits: Mapping[Scope, LimitConfig]) -> list[tuple[Any, ...]]:
+        """Validated rows for the limits that limit something (an all-``None`` config is
+        "unlimited", which a missing row already means)."""
+        return [
+            self._limit_row(scope, lim, 0.0)
+            for scope, lim in limits.items()
+            if any(getattr(lim, name) is not None for name in _LIMIT_NAMES)
+        ]
 
-    def reserve(self, key: str, scopes: Sequence[Scope], worst: Usage) -> ReservationStatus:
-        """Hold ``worst`` against every scope, or raise :class:`BudgetExhausted` writing nothing.
+    @staticmethod
+    def _insert_missing_limits(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float) -> list[Scope]:
+        created: list[Scope] = []
+        for row in rows:
+            cur = conn.execute(
+                "INSERT INTO scope_limits (kind, scope_key, max_output_tokens, max_total_tokens, max_micro_usd, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, scope_key) DO NOTHING",
+                (*row[:-1], now),
+            )
+            if cur.rowcount:
+                created.append(Scope(row[0], row[1]))
+        return created
 
-        Idempotent: when ``key`` is already reserved or committed its status is returned
-        and nothing is charged again. A released key is reserved afresh (its earlier hold
-        was freed). Returns ``"reserved"`` for a new hold.
+    def ensure_limits(self, limits: Mapping[Scope, LimitConfig]) -> list[Scope]:
+        """Set limits, in one transaction, for the scopes that have none yet; a scope that has
+        limits keeps them (:meth:`set_limits` replaces). Returns the scopes that were set.
+        ``reserve(..., limits=...)`` does the same inside the reserving transaction."""
+        rows = self._missing_limit_rows(limits)
+        if not rows:
+            return []
+        with self._transaction("set missing limits") as conn:
+            return self._insert_missing_limits(conn, rows, self._clock())
+
+    # -- holds -------------------------------------------------------------
+
+    def reserve(
+        self,
+        key: str,
+        scopes: Sequence[Scope],
+        worst: Usage,
+        *,
+        ttl_s: float | None = None,
+        limits: Mapping[Scope, LimitConfig] | None = None,
+    ) -> ReservationStatus:
+        """Hold ``worst`` against every scope for ``ttl_s`` seconds (default: the ledger's
+        ``default_ttl_s``), or raise :class:`BudgetExhausted` holding nothing.
+
+        In one ``BEGIN IMMEDIATE`` transaction: first every expired hold in the file is
+        released (so the holds of a killed process free their room without any manual
+        step), then ``limits`` are set for those of the scopes that have no limits yet (a
+        scope that has limits keeps them; :meth:`set_limits` replaces), then every limited
+        scope is checked and the hold written. A refusal writes no hold; the expired holds
+        it released and the limits it set stay.
+
+        Idempotent: when ``key`` is already held its status ``"reserved"`` is returned
+        (and its expiry pushed to at least now + ``ttl_s``, as the step is running again);
+        when it is settled, ``"committed"`` is returned and :meth:`settled` has its result.
+        Nothing is charged again in either case. A released key is held afresh. Returns
+        ``"reserved"`` for a new hold.
         """
         if not isinstance(key, str) or not key:
             raise ValueError(f"a reservation needs a non-empty string key, got {key!r}")
@@ -277,92 +384,202 @@ class BudgetLedger(SQLiteFile):
         unique = list(dict.fromkeys(scopes))
         if not unique:
             raise ValueError(f"reservation {key!r} names no scope; pass at least the request scope")
+        ttl = self.default_ttl_s if ttl_s is None else self._valid_ttl(ttl_s, "ttl_s")
+        new_limits: list[tuple[Any, ...]] = []
+        if limits:
+            stray = [str(s) for s in limits if s not in unique]
+            if stray:
+                raise ValueError(
+                    f"limits name {', '.join(stray)}, which reservation {key!r} does not hold against; "
+                    "pass those scopes in scopes too"
+                )
+            new_limits = self._missing_limit_rows(limits)
+
+        refusal: BudgetExhausted | None = None
         with self._transaction(f"reserve {key!r}") as conn:
+            now = self._clock()
+            swept = conn.execute(_SWEEP_SQL, (now, now, now - self.default_ttl_s)).rowcount
             row = conn.execute("SELECT status FROM reservations WHERE key = ?", (key,)).fetchone()
-            if row is not None and row["status"] != "released":
-                return row["status"]
-            for scope in unique:
-                self._check(conn, scope, worst)
-            now = time.time()
+            status: ReservationStatus = "reserved" if row is None else row["status"]
+            if status == "reserved" and row is not None:
+                conn.execute(
+                    "UPDATE reservations SET expires_at = ? WHERE key = ? AND (expires_at IS NULL OR expires_at < ?)",
+                    (now + ttl, key, now + ttl),
+                )
+            elif status == "released" or row is None:
+                if new_limits:
+                    self._insert_missing_limits(conn, new_limits, now)
+                refusal = self._check(conn, unique, worst)
+                if refusal is None:
+                    status = "reserved"
+                    self._hold(conn, key, unique, worst, now, now + ttl, fresh=row is None)
+        if swept:
+            log.info("released %d expired budget hold(s) in %s (not settled before their expiry)", swept, self.path)
+        if refusal is not None:
+            raise refusal
+        return status
+
+    @staticmethod
+    def _hold(
+        conn: sqlite3.Connection,
+        key: str,
+        scopes: list[Scope],
+        worst: Usage,
+        now: float,
+        expires_at: float,
+        *,
+        fresh: bool,
+    ) -> None:
+        params = (key, worst.output_tokens, worst.total_tokens, worst.micro_usd, now, now, expires_at)
+        if fresh:
             conn.execute(
                 "INSERT INTO reservations (key, status, reserved_output_tokens, reserved_total_tokens, "
-                "reserved_micro_usd, created_at, updated_at) VALUES (?, 'reserved', ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET status = 'reserved', "
-                "reserved_output_tokens = excluded.reserved_output_tokens, "
-                "reserved_total_tokens = excluded.reserved_total_tokens, "
-                "reserved_micro_usd = excluded.reserved_micro_usd, actual_output_tokens = NULL, "
-                "actual_total_tokens = NULL, actual_micro_usd = NULL, updated_at = excluded.updated_at",
-                (key, worst.output_tokens, worst.total_tokens, worst.micro_usd, now, now),
+                "reserved_micro_usd, created_at, updated_at, expires_at) VALUES (?, 'reserved', ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        else:  # a released key held afresh: a new hold on the same row
+            conn.execute(
+                "UPDATE reservations SET status = 'reserved', reserved_output_tokens = ?2, "
+                "reserved_total_tokens = ?3, reserved_micro_usd = ?4, actual_output_tokens = NULL, "
+                "actual_total_tokens = NULL, actual_micro_usd = NULL, result = NULL, created_at = ?5, "
+                "updated_at = ?6, expires_at = ?7 WHERE key = ?1",
+                params,
             )
             conn.execute("DELETE FROM reservation_scopes WHERE reservation_key = ?", (key,))
-            conn.executemany(
-                "INSERT INTO reservation_scopes (reservation_key, kind, scope_key) VALUES (?, ?, ?)",
-                [(key, s.kind, s.key) for s in unique],
-            )
-        return "reserved"
+        conn.executemany(
+            "INSERT INTO reservation_scopes (reservation_key, kind, scope_key) VALUES (?, ?, ?)",
+            [(key, s.kind, s.key) for s in scopes],
+        )
 
-    def _check(self, conn: sqlite3.Connection, scope: Scope, worst: Usage) -> None:
-        lim = conn.execute(
-            "SELECT * FROM scope_limits WHERE kind = ? AND scope_key = ?", (scope.kind, scope.key)
-        ).fetchone()
-        if lim is None:
-            return
-        t = conn.execute(_SCOPE_TOTALS_SQL, (scope.kind, scope.key)).fetchone()
-        for name, column, held, need in (
-            ("max_output_tokens", "max_output_tokens", t["s_out"] + t["r_out"], worst.output_tokens),
-            ("max_total_tokens", "max_total_tokens", t["s_tot"] + t["r_tot"], worst.total_tokens),
-            ("max_cost_usd", "max_micro_usd", t["s_usd"] + t["r_usd"], worst.micro_usd),
-        ):
-            cap = lim[column]
-            if cap is not None and held + need > cap:
-                raise BudgetExhausted(scope, name, needed=need, remaining=cap - held, limit_value=cap, used=held)
+    @staticmethod
+    def _check(conn: sqlite3.Connection, scopes: list[Scope], worst: Usage) -> BudgetExhausted | None:
+        """The refusal for the first scope (in the given order) that cannot cover ``worst``."""
+        params = [v for i, s in enumerate(scopes) for v in (i, s.kind, s.key)]
+        for t in conn.execute(_check_sql(len(scopes)), params).fetchall():
+            for name, cap, used, need in (
+                ("max_output_tokens", t["max_output_tokens"], t["u_out"], worst.output_tokens),
+                ("max_total_tokens", t["max_total_tokens"], t["u_tot"], worst.total_tokens),
+                ("max_cost_usd", t["max_micro_usd"], t["u_usd"], worst.micro_usd),
+            ):
+                if cap is not None and used + need > cap:
+                    return BudgetExhausted(
+                        scopes[t["pos"]], name, needed=need, remaining=cap - used, limit_value=cap, used=used
+                    )
+        return None
 
-    def commit(self, key: str, actual: Usage) -> None:
-        """Turn a reservation into spend of ``actual`` (which may differ from the worst case).
+    def commit(self, key: str, actual: Usage, *, result: Mapping[str, Any] | None = None) -> None:
+        """Settle the hold ``key``: record ``actual`` as spent and keep ``result`` (JSON-plain,
+        e.g. the completion's text, usage and logprobs) for :meth:`settled`.
 
-        Committing a committed key again is a no-op; a released or unknown key raises
-        :class:`LedgerError`.
+        Exactly once: committing a committed key again changes nothing (the first
+        settlement and result stand). A hold that was released before it was settled
+        (it expired, or :meth:`release_stale` freed it) is still recorded, with an
+        ERROR log, since the provider billed the call: the spend may then take a scope
+        past its cap, and ``ttl_s`` should be raised above the longest call. An
+        ``actual`` above the hold is recorded too and logged as an ERROR (the hold was
+        not a true bound: a defect to fix). An unknown key raises :class:`LedgerError`.
         """
         if not isinstance(actual, Usage):
             raise TypeError(f"actual must be a Usage, got {type(actual).__name__}")
+        payload = None
+        if result is not None:
+            if not isinstance(result, Mapping):
+                raise TypeError(f"result must be a mapping (JSON object), got {type(result).__name__}")
+            try:
+                payload = json.dumps(dict(result), ensure_ascii=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"result of {key!r} cannot be stored as JSON ({exc}); pass plain str/int/float/bool/None, "
+                    "lists and dicts (money as decimal strings)"
+                ) from exc
         with self._transaction(f"commit {key!r}") as conn:
-            row = conn.execute("SELECT * FROM reservations WHERE key = ?", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT status, reserved_output_tokens, reserved_total_tokens, reserved_micro_usd, expires_at, "
+                "updated_at FROM reservations WHERE key = ?",
+                (key,),
+            ).fetchone()
             if row is None:
                 raise LedgerError(f"no reservation {key!r} in {self.path}; reserve before committing")
             if row["status"] == "committed":
                 return
-            if row["status"] == "released":
-                raise LedgerError(
-                    f"reservation {key!r} was released (failed step or stale), so its spend cannot be committed; "
-                    "reserve again before running the step"
-                )
-            worst = Usage(row["reserved_output_tokens"], row["reserved_total_tokens"], row["reserved_micro_usd"])
-            if actual.exceeds(worst):
-                log.warning("reservation %r: actual usage %s exceeds the reserved worst case %s", key, actual, worst)
             conn.execute(
                 "UPDATE reservations SET status = 'committed', actual_output_tokens = ?, actual_total_tokens = ?, "
-                "actual_micro_usd = ?, updated_at = ? WHERE key = ?",
-                (actual.output_tokens, actual.total_tokens, actual.micro_usd, time.time(), key),
+                "actual_micro_usd = ?, result = ?, updated_at = ? WHERE key = ?",
+                (actual.output_tokens, actual.total_tokens, actual.micro_usd, payload, self._clock(), key),
+            )
+        worst = Usage(row["reserved_output_tokens"], row["reserved_total_tokens"], row["reserved_micro_usd"])
+        if row["status"] == "released":
+            expired = row["expires_at"] is not None and row["updated_at"] >= row["expires_at"]
+            why = (
+                f"it expired at {_when(row['expires_at'])}"
+                if expired
+                else f"it was released at {_when(row['updated_at'])}"
+            )
+            log.error(
+                "budget hold %r in %s was released before it was settled (%s); recorded its spend of %s anyway "
+                "because the provider billed it, so its scopes may now be past their caps: raise ttl_s above the "
+                "longest model call, and settle or release every hold exactly once",
+                key, self.path, why, format_usd(actual.cost_usd, symbol=True),
+            )
+        if actual.exceeds(worst):
+            log.error(
+                "budget hold %r: actual usage (%d output tokens, %d tokens, %s) exceeds the held worst case "
+                "(%d output tokens, %d tokens, %s); recorded what the provider billed. The hold was not a true "
+                "upper bound, which is a defect: tighten the bound",
+                key, actual.output_tokens, actual.total_tokens, format_usd(actual.cost_usd, symbol=True),
+                worst.output_tokens, worst.total_tokens, format_usd(worst.cost_usd, symbol=True),
             )
 
+    def settled(self, key: str) -> tuple[Usage, dict[str, Any] | None] | None:
+        """The settled actual usage and stored result of a committed key (the result is
+        ``None`` when ``commit`` was given none); ``None`` when the key is not committed."""
+        rows = self._query(
+            "SELECT actual_output_tokens, actual_total_tokens, actual_micro_usd, result FROM reservations "
+            "WHERE key = ? AND status = 'committed'",
+            (key,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        usage = Usage(row["actual_output_tokens"], row["actual_total_tokens"], row["actual_micro_usd"])
+        if row["result"] is None:
+            return usage, None
+        try:
+            return usage, json.loads(row["result"])
+        except ValueError as exc:
+            raise LedgerError(
+                f"the stored result of {key!r} in {self.path} is not valid JSON ({exc}); the file was changed "
+                "outside the ledger"
+            ) from exc
+
     def release(self, key: str) -> None:
-        """Free a reservation. A no-op for a released, committed (the money was spent) or
+        """Free a hold. A no-op for a released, committed (the money was spent) or
         unknown key, so it is safe in cleanup code."""
         with self._transaction(f"release {key!r}") as conn:
             conn.execute(
                 "UPDATE reservations SET status = 'released', updated_at = ? WHERE key = ? AND status = 'reserved'",
-                (time.time(), key),
+                (self._clock(), key),
             )
 
     def status(self, key: str) -> ReservationStatus | None:
+        """``"reserved"``, ``"committed"``, ``"released"``, or ``None`` for an unknown key."""
         rows = self._query("SELECT status FROM reservations WHERE key = ?", (key,))
         return rows[0]["status"] if rows else None
 
     @contextlib.contextmanager
-    def reservation(self, key: str, scopes: Sequence[Scope], worst: Usage) -> Iterator[Reservation]:
-        """Reserve on enter; the body calls ``.commit(actual)``. On an exception, or when the
-        body neither commits nor raises, the hold is released, so none is left behind."""
-        handle = Reservation(self, key, self.reserve(key, scopes, worst))
+    def reservation(
+        self,
+        key: str,
+        scopes: Sequence[Scope],
+        worst: Usage,
+        *,
+        ttl_s: float | None = None,
+        limits: Mapping[Scope, LimitConfig] | None = None,
+    ) -> Iterator[Reservation]:
+        """Reserve on enter; the body calls ``.commit(actual, result=...)``. On an exception,
+        or when the body neither commits nor raises, the hold is released, so none is left
+        behind."""
+        handle = Reservation(self, key, self.reserve(key, scopes, worst, ttl_s=ttl_s, limits=limits))
         try:
             yield handle
         except BaseException:
@@ -373,13 +590,20 @@ class BudgetLedger(SQLiteFile):
             raise
         self.release(key)
 
-    def release_stale(self, older_than_s: float, *, now: float | None = None) -> int:
-        """Release reservations left ``reserved`` for more than ``older_than_s`` seconds
-        (by a crashed process); returns how many. Pick a threshold above the longest call."""
-        if older_than_s < 0:
-            raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
-        now = time.time() if now is None else now
+    def release_stale(self, older_than_s: float | None = None, *, now: float | None = None) -> int:
+        """Release holds that outlived their time; returns how many.
+
+        With ``older_than_s=None``: the holds whose expiry has passed (holds written
+        before expiries existed count as expiring ``default_ttl_s`` after they were taken).
+        ``reserve`` already does this on every call, so this is for a ledger nobody is
+        reserving on. With a number: every hold taken more than ``older_than_s`` seconds
+        ago, whatever its expiry (pick a threshold above the longest call)."""
+        now = self._clock() if now is None else now
         with self._transaction("release stale reservations") as conn:
+            if older_than_s is None:
+                return conn.execute(_SWEEP_SQL, (now, now, now - self.default_ttl_s)).rowcount
+            if older_than_s < 0:
+                raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
             cur = conn.execute(
                 "UPDATE reservations SET status = 'released', updated_at = ? "
                 "WHERE status = 'reserved' AND updated_at < ?",
@@ -398,9 +622,91 @@ class BudgetLedger(SQLiteFile):
         return Usage(t["s_out"], t["s_tot"], t["s_usd"])
 
     def reserved(self, scope: Scope) -> Usage:
-        """Worst cases held by outstanding reservations of the scope."""
+        """Worst cases held by outstanding holds of the scope."""
         t = self._totals(scope)
         return Usage(t["r_out"], t["r_tot"], t["r_usd"])
+
+    def holds(self, scope: Scope) -> list[dict[str, Any]]:
+        """The scope's outstanding holds, oldest first, for diagnostics: ``key``, ``held``
+        (``output_tokens``, ``total_tokens``, ``cost_usd`` as a decimal string),
+        ``created_at`` and ``expires_at`` (Unix seconds; ``None`` for a hold from before
+        expiries existed)."""
+        rows = self._query(
+            "SELECT r.key, r.reserved_output_tokens, r.reserved_total_tokens, r.reserved_micro_usd, "
+            "r.created_at, r.expires_at FROM reservations r JOIN reservation_scopes s "
+            "ON s.reservation_key = r.key AND s.kind = ? AND s.scope_key = ? "
+            "WHERE r.status = 'reserved' ORDER BY r.created_at, r.key",
+            (scope.kind, scope.key),
+        )
+        return [
+            {
+                "key": row["key"],
+                "held": _usage_json(
+                    row["reserved_output_tokens"], row["reserved_total_tokens"], row["reserved_micro_usd"]
+                ),
+                "created_at": row["created_at"],
+                "expires_at": row["expires_at"],
+            }
+            for row in rows
+        ]
+
+    def show(self, scope: Scope) -> dict[str, Any]:
+        """One scope's budget as JSON-plain values, read in one snapshot::
+
+            {"scope": "thread:t1",
+             "limits":    {"output_tokens": 1000 | None, "total_tokens": ..., "cost_usd": "0.05" | None},
+             "spent":     {"output_tokens": 120, "total_tokens": 900, "cost_usd": "0.0012"},
+             "held":      {...},                     # outstanding holds' worst cases
+             "remaining": {... | None},             # limit - spent - held, never below 0; None = unlimited
+             "holds": 2,                             # outstanding holds
+             "expired_holds": 0}                     # of those, past their expiry (released on the next reserve)
+
+        Money is a plain decimal string (:func:`format_usd`)."""
+        with self._lock:
+            conn = self._db()
+            try:
+                conn.execute("BEGIN")
+                t = conn.execute(_SCOPE_TOTALS_SQL, (scope.kind, scope.key)).fetchone()
+                lim = conn.execute(
+                    "SELECT max_output_tokens, max_total_tokens, max_micro_usd FROM scope_limits "
+                    "WHERE kind = ? AND scope_key = ?",
+                    (scope.kind, scope.key),
+                ).fetchone()
+                now = self._clock()
+                counts = conn.execute(
+                    "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN r.expires_at < ? OR (r.expires_at IS NULL "
+                    "AND r.updated_at < ?) THEN 1 ELSE 0 END), 0) AS expired FROM reservations r "
+                    "JOIN reservation_scopes s ON s.reservation_key = r.key AND s.kind = ? AND s.scope_key = ? "
+                    "WHERE r.status = 'reserved'",
+                    (now, now - self.default_ttl_s, scope.kind, scope.key),
+                ).fetchone()
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise LedgerError(f"could not read {self.kind} {self.path}: {exc}") from exc
+        spent = (t["s_out"], t["s_tot"], t["s_usd"])
+        held = (t["r_out"], t["r_tot"], t["r_usd"])
+        caps = (None, None, None) if lim is None else (lim[0], lim[1], lim[2])
+        left = [None if cap is None else max(cap - s - h, 0) for cap, s, h in zip(caps, spent, held)]
+
+        def quantities(values: Sequence[int | None]) -> dict[str, Any]:
+            out, tot, usd = values
+            return {
+                "output_tokens": out,
+                "total_tokens": tot,
+                "cost_usd": None if usd is None else format_usd(from_micro(usd)),
+            }
+
+        return {
+            "scope": str(scope),
+            "limits": quantities(caps),
+            "spent": quantities(spent),
+            "held": quantities(held),
+            "remaining": quantities(left),
+            "holds": counts["n"],
+            "expired_holds": counts["expired"],
+        }
 
     def remaining(self, scope: Scope) -> dict[str, dict[str, Any]]:
         """Per limit: ``limit``, ``used`` (committed), ``reserved`` and ``remaining`` (never

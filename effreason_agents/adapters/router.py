@@ -33,8 +33,8 @@ Features (:class:`Featurizer`), in this column order::
 Both TF-IDF blocks keep the terms found in at least ``min_df`` training prompts (the
 ``max_*`` most frequent by document frequency, ties by term), use sublinear tf
 (``1 + ln tf``) and smooth idf (``ln((1 + n) / (1 + df)) + 1``), and are each
-L2-normalized. The hand features are those of
-:func:`effreason_agents.core.features.classify_difficulty`: the eight counts as
+L2-normalized. The hand features are the classifier's question vector
+(:func:`effreason_agents.core.features.question_vector`): the eight counts as
 ``ln(1 + x)``, the difficulty score as is and a one-hot of the question type, each
 standardized with the training mean and standard deviation.
 
@@ -81,6 +81,8 @@ from typing import Any
 import numpy as np
 
 from effreason_agents.adapters.atomic import write_json, write_with
+from effreason_agents.core.features import QUESTION_FEATURES, question_vector
+from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import EffReasonError
 
 __all__ = [
@@ -113,10 +115,9 @@ SKOPS_FILE = "model.skops"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 
-_COUNT_FEATURES = ("chars", "words", "numbers", "max_number_digits", "operators", "multi_step_words",
-                   "hard_words", "sentences")
-QUESTION_TYPES = ("arithmetic", "multiple_choice", "comparison", "yes_no", "word_problem", "open")
-HAND_FEATURES: tuple[str, ...] = (*_COUNT_FEATURES, "score", *(f"type={t}" for t in QUESTION_TYPES))
+#: The hand features: the classifier's question vector
+#: (:data:`effreason_agents.core.features.QUESTION_FEATURES`).
+HAND_FEATURES: tuple[str, ...] = QUESTION_FEATURES
 
 # Types a gbm artifact's model.skops may hold; anything else is refused before loading.
 SKOPS_TRUSTED = (
@@ -179,17 +180,6 @@ def char_terms(text: str) -> list[str]:
     for word in text.lower().split():
         out.extend(_wb_ngrams(word))
     return out
-
-
-def hand_raw(text: str) -> np.ndarray:
-    """The unstandardized hand features of ``text``, in :data:`HAND_FEATURES` order."""
-    from effreason_agents.core.features import classify_difficulty
-
-    _, f = classify_difficulty(text)
-    vals = [math.log1p(float(f[k])) for k in _COUNT_FEATURES]
-    vals.append(float(f["score"]))
-    vals.extend(1.0 if f["type"] == t else 0.0 for t in QUESTION_TYPES)
-    return np.asarray(vals, dtype=np.float64)
 
 
 def _select_vocab(df: Counter[str], min_df: int, max_features: int) -> list[str]:
@@ -295,7 +285,7 @@ class Featurizer:
         self.char_idf = np.log((1.0 + n) / (1.0 + np.array([cdf[t] for t in chars], dtype=np.float64))) + 1.0
         raw = None
         if self.hand:
-            raw = np.stack([hand_raw(p) for p in prompts])
+            raw = np.stack([question_vector(p) for p in prompts])
             self.hand_mean = raw.mean(axis=0)
             std = raw.std(axis=0)
             self.hand_std = np.where(std > 1e-12, std, 1.0)
@@ -337,7 +327,7 @@ class Featurizer:
         if self.hand:
             start, stop = lay["hand"]
             parts_i.append(np.arange(start, stop, dtype=np.int64))
-            parts_v.append(((hand_raw(text) if hand is None else hand) - self.hand_mean) / self.hand_std)
+            parts_v.append(((question_vector(text) if hand is None else hand) - self.hand_mean) / self.hand_std)
         if self.embeddings:
             start, stop = lay["embedding"]
             assert embedding is not None
@@ -523,10 +513,6 @@ def _check_policy(policy: Any) -> dict[str, Any]:
 
 
 # -- models ----------------------------------------------------------------------------
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def _expected_arrays(kind: str, arrays: Mapping[str, np.ndarray], d: int, a: int, text_dim: int) -> None:
@@ -751,7 +737,7 @@ class Router:
             return np.empty((0, len(self.arms)))
         if self.kind == "gbm":
             return self._gbm_proba(np.vstack([self._gbm_dense_row(i, v) for i, v in rows]))
-        return _sigmoid(np.vstack([self._logits_row(i, v) for i, v in rows]))
+        return sigmoid(np.vstack([self._logits_row(i, v) for i, v in rows]))
 
     def predict_matrix(self, X: Any) -> np.ndarray:
         """P(correct) (n × arms) from a scipy CSR feature matrix (``Featurizer.transform``)."""
@@ -759,7 +745,7 @@ class Router:
             return np.empty((0, len(self.arms)))
         if self.kind == "gbm":
             return self._gbm_proba(self.gbm_dense(X))
-        return _sigmoid(self._logits_batch(X))
+        return sigmoid(self._logits_batch(X))
 
     def predict(self, prompts: Sequence[str]) -> np.ndarray:
         """P(correct) of every arm (columns in :attr:`arms` order) for each prompt (n × arms)."""

@@ -76,6 +76,9 @@ class AttemptRecord(BaseModel):
     threshold: float | None = Field(default=None, description="the confidence threshold this attempt was judged by")
     samples: list[str | None] | None = Field(default=None, description="sc: the answer of each sample drawn")
     samples_cap: int | None = Field(default=None, description="sc: the most samples the arm could draw")
+    usage_missing: bool = Field(
+        default=False, description="the tier reported no readable usage: tokens and cost are the held worst case"
+    )
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -261,10 +264,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE attempts ADD COLUMN samples_cap INTEGER;
         """,
     ),
+    (
+        "0006_attempt_usage_missing",
+        """
+        ALTER TABLE attempts ADD COLUMN usage_missing INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 ]
 
 _JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta", "samples"})
-_BOOL_COLUMNS = frozenset({"escalated", "correct", "truncated"})
+_BOOL_COLUMNS = frozenset({"escalated", "correct", "truncated", "usage_missing"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
 # Record field -> column name, where they differ (``index`` is an SQL keyword).
 _ATTEMPT_RENAMES = {"index": "attempt_index"}
@@ -352,6 +361,8 @@ class OutcomeStore(SQLiteFile):
         self._conn = conn
         try:
             conn.execute("PRAGMA foreign_keys = ON")
+            # A log, not money: in WAL mode a power loss may roll back the last rows, never corrupt the file.
+            conn.execute("PRAGMA synchronous = NORMAL")
             if read_only:
                 self._check_schema()
             else:

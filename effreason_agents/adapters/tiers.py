@@ -16,8 +16,10 @@ attempt row before moving down the ladder.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import threading
 import time
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -27,7 +29,9 @@ from langchain_core.runnables import RunnableConfig
 
 from effreason_agents.config import Config, TierConfig
 from effreason_agents.core.money import call_cost, format_usd
-from effreason_agents.core.records import Completion, TokenLogprob
+from effreason_agents.core.messages import message_text
+from effreason_agents.core.records import Completion, ErrorKind, TokenLogprob
+from effreason_agents.core.text import redact
 from effreason_agents.errors import EffReasonError, TierError
 from effreason_agents.core.prompts import SEPARATOR
 
@@ -42,7 +46,7 @@ def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int, cached_inp
                      price_cached_input_per_1m=getattr(tier, "price_cached_input_per_1m", None))
 
 
-def _parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
+def parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
     if not raw or not raw.get("content"):
         return None
     out: list[TokenLogprob] = []
@@ -55,21 +59,101 @@ def _parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
     return out or None
 
 
-def _error_kind(exc: BaseException) -> tuple[str, str]:
+def error_kind(exc: BaseException) -> tuple[str, str]:
+    """The :class:`~effreason_agents.core.records.ErrorKind` of a client failure and a short
+    description (the provider's own message included; callers redact it)."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
-        return "timeout", "timed out"
+        return ErrorKind.TIMEOUT, "timed out"
     if isinstance(exc, openai.APIConnectionError):
-        return "unreachable", f"cannot connect ({exc.__cause__ or exc})"
+        return ErrorKind.UNREACHABLE, f"cannot connect ({exc.__cause__ or exc})"
     if isinstance(exc, openai.AuthenticationError):
-        return "auth", "the API key was refused (401)"
+        return ErrorKind.AUTH, "the API key was refused (401)"
     if isinstance(exc, openai.RateLimitError):
-        return "rate_limited", "rate-limited (429)"
+        return ErrorKind.RATE_LIMITED, "rate-limited (429)"
     if isinstance(exc, openai.APIStatusError):
-        kind = "server_error" if exc.status_code >= 500 else "bad_request"
+        kind = ErrorKind.SERVER_ERROR if exc.status_code >= 500 else ErrorKind.BAD_REQUEST
         return kind, f"HTTP {exc.status_code}: {exc.message}"
-    return "error", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (ValueError, KeyError, TypeError)):  # a reply the client could not parse
+        return ErrorKind.BAD_RESPONSE, f"unreadable response ({type(exc).__name__}: {exc})"
+    return ErrorKind.ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def _usage_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def readable_usage(usage: Any) -> dict[str, int] | None:
+    """``{"input", "output", "cached", "reasoning"}`` token counts from a chat-completions
+    ``usage`` object, or ``None`` when it is missing or cannot be read (absent, negative,
+    not integers): such a call is settled at its hold, never at zero."""
+    if not isinstance(usage, Mapping):
+        return None
+    i, o = _usage_int(usage.get("prompt_tokens")), _usage_int(usage.get("completion_tokens"))
+    if i is None or o is None:
+        return None
+    cached = _usage_int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) or 0
+    reasoning = _usage_int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0) or 0
+    return {"input": i, "output": o, "cached": min(cached, i), "reasoning": reasoning}
+
+
+def _safe_chat_openai() -> type:
+    """``ChatOpenAI`` that reads usage defensively: a reply whose ``usage`` is missing or
+    malformed keeps its text and is flagged (``response_metadata["usage_unreadable"]``)
+    instead of failing the whole call."""
+    global _SAFE_CLS
+    if _SAFE_CLS is not None:
+        return _SAFE_CLS
+    import openai
+    from langchain_openai import ChatOpenAI
+
+    class SafeUsageChatOpenAI(ChatOpenAI):
+        def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> Any:
+            data = response
+            if isinstance(response, openai.BaseModel):
+                data = response.model_dump(exclude={"choices": {"__all__": {"message": {"parsed"}}}}, warnings=False)
+            usage = data.get("usage") if isinstance(data, dict) else None
+            read = readable_usage(usage)
+            if isinstance(data, dict) and usage is not None and read is None:
+                data = {**data, "usage": None}
+            result = super()._create_chat_result(data, generation_info)
+            for gen in result.generations:
+                meta = gen.message.response_metadata
+                meta["usage_unreadable"] = read is None
+                if read is not None:
+                    meta["usage_read"] = read
+            return result
+
+    _SAFE_CLS = SafeUsageChatOpenAI
+    return _SAFE_CLS
+
+
+_SAFE_CLS: type | None = None
+MESSAGE_OVERHEAD_TOKENS = 8
+"""Chat-template tokens allowed per message (role markers and separators) plus the reply priming."""
+_OPENAI_O200K = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
+_OPENAI_CL100K = ("gpt-4", "gpt-3.5")
+
+
+def message_usage(message: Any) -> dict[str, int] | None:
+    """The usage of a model's reply as :func:`readable_usage` reads it: from the tier's own
+    client when it read the raw usage, else from LangChain's ``usage_metadata``; ``None``
+    when it is missing or unreadable."""
+    meta = getattr(message, "response_metadata", None) or {}
+    if "usage_read" in meta or meta.get("usage_unreadable"):
+        return meta.get("usage_read")
+    um = getattr(message, "usage_metadata", None)
+    if not um:
+        return None
+    i, o = _usage_int(um.get("input_tokens")), _usage_int(um.get("output_tokens"))
+    if i is None or o is None:
+        return None
+    details_in, details_out = um.get("input_token_details") or {}, um.get("output_token_details") or {}
+    return {"input": i, "output": o, "cached": min(_usage_int(details_in.get("cache_read") or 0) or 0, i),
+            "reasoning": _usage_int(details_out.get("reasoning") or 0) or 0}
 
 
 class TierClient:
@@ -80,6 +164,8 @@ class TierClient:
         self.tier = tier
         self._config = config
         self._environ = environ
+        self._llm: Any = None
+        self._lock = threading.Lock()
 
     # -- endpoint -----------------------------------------------------------------
     def _embedded_server(self) -> Any:
@@ -105,17 +191,82 @@ class TierClient:
             key = env.get(self.tier.api_key_env)
             if key:
                 return key
-            raise TierError(self.name, f"no API key: set {self.tier.api_key_env}", kind="no_key")
+            raise TierError(self.name, f"no API key: set {self.tier.api_key_env}", kind=ErrorKind.NO_KEY)
         if self.tier.engine == "openai":
-            raise TierError(self.name, "no API key: set api_key_env for this tier", kind="no_key")
+            raise TierError(self.name, "no API key: set api_key_env for this tier", kind=ErrorKind.NO_KEY)
         return "not-needed"
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` as this tier counts them (the embedded server's own tokenizer,
-        otherwise the o200k BPE as an estimate)."""
+        """Tokens of ``text`` as this tier counts them where its tokenizer is known (the
+        embedded server's own tokenizer; OpenAI's BPE for OpenAI models), otherwise the
+        o200k BPE as an estimate. For holds use :meth:`prompt_bound`."""
         if self.tier.engine == "embedded":
             return int(self._embedded_server().count_tokens(text))
         return estimate_tokens(text)
+
+    def tokenizer(self) -> str:
+        """How :meth:`prompt_bound` counts: ``"server"`` (the engine's own tokenizer: the
+        embedded llama.cpp server, a vLLM server's ``/tokenize``), ``"o200k"``/``"cl100k"``
+        (OpenAI models), or ``"bytes"`` (an unknown tokenizer: UTF-8 bytes, a bound no
+        byte-level tokenizer can beat)."""
+        if self.tier.engine in ("embedded", "vllm"):
+            return "server"
+        model = self.tier.model.lower().rsplit("/", 1)[-1]
+        if self.tier.engine == "openai":
+            if model.startswith(_OPENAI_O200K):
+                return "o200k"
+            if model.startswith(_OPENAI_CL100K):
+                return "cl100k"
+        return "bytes"
+
+    def _count_bound(self, text: str) -> int:
+        how = self.tokenizer()
+        if how == "server" and self.tier.engine == "embedded":
+            return int(self._embedded_server().count_tokens(text))
+        if how == "server":
+            n = self._vllm_tokenize(text)
+            if n is not None:
+                return n
+        elif how in ("o200k", "cl100k"):
+            enc = _encoding(f"{how}_base")
+            if enc is not None:
+                return len(enc.encode(text))
+        return len(text.encode("utf-8"))
+
+    def _vllm_tokenize(self, text: str) -> int | None:
+        """vLLM's ``POST /tokenize`` (served beside ``/v1``); ``None`` when it fails."""
+        import httpx
+
+        root = self.base_url().rstrip("/").removesuffix("/v1")
+        try:
+            r = httpx.post(root + "/tokenize", json={"model": self.tier.model, "prompt": text,
+                                                    "add_special_tokens": False}, timeout=5.0)
+            r.raise_for_status()
+            return int(r.json()["count"])
+        except Exception:  # noqa: BLE001 - fall back to the bytes bound
+            return None
+
+    def prompt_bound(self, messages: Sequence[Any], tools: Sequence[Any] = ()) -> int:
+        """An upper bound of the prompt tokens the tier bills for ``messages`` (and tool
+        schemas): each text counted exactly where the tokenizer is known, else as its UTF-8
+        bytes, plus :data:`MESSAGE_OVERHEAD_TOKENS` per message for the chat template."""
+        texts = [message_text(m) for m in messages]
+        for t in tools:
+            texts.append(_tool_text(t))
+        body = "\n".join(x for x in texts if x)
+        return self._count_bound(body) + MESSAGE_OVERHEAD_TOKENS * (len(texts) + 1)
+
+    def secrets(self) -> list[str]:
+        """The tier's API key, when it has one (redacted from every error message)."""
+        if not self.tier.api_key_env:
+            return []
+        env = os.environ if self._environ is None else self._environ
+        key = env.get(self.tier.api_key_env)
+        return [key] if key else []
+
+    def error(self, message: str, kind: str = ErrorKind.ERROR) -> TierError:
+        """A :class:`TierError` for this tier with its key (and anything key-shaped) redacted."""
+        return TierError(self.name, redact(message, self.secrets()), kind=kind)
 
     # -- calls --------------------------------------------------------------------
     def chat_model(
@@ -131,8 +282,6 @@ class TierClient:
         """The :class:`ChatOpenAI` configured for this tier and call. ``reasoning_effort`` is
         sent only to tiers whose capabilities accept it (dropped otherwise); ``extra_body``
         (vLLM-only fields) is merged over the tier's own, for engine ``vllm`` only."""
-        from langchain_openai import ChatOpenAI
-
         caps = self.tier.capabilities
         kwargs: dict[str, Any] = {
             "model": self.tier.model,
@@ -155,7 +304,7 @@ class TierClient:
             body = {**self.tier.extra_body, **(extra_body or {})}
             if body:
                 kwargs["extra_body"] = body
-        return ChatOpenAI(**kwargs)
+        return _safe_chat_openai()(**kwargs)
 
     def complete(
         self,
@@ -246,42 +395,116 @@ class TierClient:
                 prefill = str(msgs[-1].content)
             else:
                 msgs = msgs[:-1]
+        caps = self.tier.capabilities
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if stop:
+            kwargs["stop"] = list(stop)
+        if want_logprobs and caps.logprobs:
+            kwargs["logprobs"] = True
+            if caps.top_logprobs:
+                kwargs["top_logprobs"] = caps.top_logprobs
+        if reasoning_effort and caps.reasoning_effort:
+            kwargs["reasoning_effort"] = reasoning_effort
+        if self.tier.engine == "vllm":
+            body = {**self.tier.extra_body, **(extra_body or {})}
+            if body:
+                kwargs["extra_body"] = body
         start = time.perf_counter()
         try:
-            llm = self.chat_model(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stop=stop,
-                want_logprobs=want_logprobs,
-                **({"reasoning_effort": reasoning_effort} if reasoning_effort else {}),
-                **({"extra_body": extra_body} if extra_body else {}),
-            )
-            msg = llm.invoke(msgs, config=config)
+            msg = self._shared_model().invoke(msgs, config=config, **kwargs)
         except TierError:
             raise
         except EffReasonError as exc:  # e.g. the embedded server could not start
-            raise TierError(self.name, str(exc), kind="unavailable") from exc
+            raise self.error(str(exc), ErrorKind.UNAVAILABLE) from exc
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
-            kind, why = _error_kind(exc)
-            raise TierError(self.name, f"{why} after {self.tier.max_retries} retries", kind=kind) from exc
-        latency = time.perf_counter() - start
+            kind, why = error_kind(exc)
+            raise self.error(f"{why} after {self.tier.max_retries} retries", kind) from exc
+        return self.completion(msg, prefill, time.perf_counter() - start)
+
+    def sample(
+        self, messages: Sequence[BaseMessage], *, n: int, max_tokens: int, temperature: float,
+        stop: Sequence[str] | None = None, config: RunnableConfig | None = None,
+    ) -> dict[str, Any]:
+        """``n`` sampled choices of one request (``n > 1`` only on tiers with
+        ``capabilities.n``), through the same client path as :meth:`complete` (callbacks
+        and traces see them). Returns the reply in chat-completions JSON shape:
+        ``choices`` (message content, finish_reason, logprobs), ``usage`` as the tier
+        reported it (``None`` when missing or unreadable) and ``model``."""
+        from langchain_core.runnables.config import ensure_config
+
+        caps = self.tier.capabilities
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if n > 1:
+            kwargs["n"] = n
+        if stop:
+            kwargs["stop"] = list(stop)
+        if caps.logprobs:
+            kwargs["logprobs"] = True
+            if caps.top_logprobs:
+                kwargs["top_logprobs"] = caps.top_logprobs
+        cfg = ensure_config(config)
+        try:
+            out = self._shared_model().generate(
+                [list(messages)], callbacks=cfg.get("callbacks"), tags=cfg.get("tags"),
+                metadata=cfg.get("metadata"), **kwargs)
+        except TierError:
+            raise
+        except EffReasonError as exc:
+            raise self.error(str(exc), ErrorKind.UNAVAILABLE) from exc
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
+            kind, why = error_kind(exc)
+            raise self.error(f"{why} after {self.tier.max_retries} retries", kind) from exc
+        gens = out.generations[0] if out.generations else []
+        if not gens:
+            raise self.error("the response held no choices", ErrorKind.BAD_RESPONSE)
+        first = gens[0].message
+        read = message_usage(first)
+        choices = [
+            {"index": i, "message": {"content": message_text(g.message)},
+             "finish_reason": (g.generation_info or {}).get("finish_reason"),
+             "logprobs": (g.generation_info or {}).get("logprobs")}
+            for i, g in enumerate(gens)
+        ]
+        usage = None if read is None else {"prompt_tokens": read["input"], "completion_tokens": read["output"],
+                                           "cached_tokens": read["cached"]}
+        return {"choices": choices, "usage": usage,
+                "model": (first.response_metadata or {}).get("model_name") or self.tier.model}
+
+    def _shared_model(self) -> Any:
+        """One ``ChatOpenAI`` per tier, built on first use (the embedded server starts then);
+        per-call settings travel as invoke arguments."""
+        llm = self._llm
+        if llm is None:
+            with self._lock:
+                if self._llm is None:
+                    self._llm = self.chat_model(max_tokens=1, want_logprobs=False)
+                llm = self._llm
+        return llm
+
+    def completion(self, msg: Any, prefill: str = "", latency: float = 0.0) -> Completion:
+        """A :class:`Completion` from the tier's reply; ``usage_reported`` is ``False`` when its
+        usage was missing or unreadable (the caller settles such a call at its hold)."""
         meta = msg.response_metadata or {}
-        usage = msg.usage_metadata or {}
-        text = msg.content if isinstance(msg.content, str) else str(msg.content)
+        read = message_usage(msg)
+        text = message_text(msg)
         if prefill and not text.startswith(prefill):
             text = prefill + text  # engines that do not echo the prefill
-        in_tok = int(usage.get("input_tokens", 0))
-        out_tok = int(usage.get("output_tokens", 0))
+        i, o = (read["input"], read["output"]) if read else (0, 0)
+        cached = read["cached"] if read else 0
         return Completion(
             text=text,
-            input_tokens=in_tok,
-            output_tokens=out_tok,
+            input_tokens=i,
+            output_tokens=o,
             finish_reason=meta.get("finish_reason"),
             latency_s=latency,
             model=str(meta.get("model_name") or self.tier.model),
-            cost_usd=cost_usd(self.tier, in_tok, out_tok),
-            logprobs=_parse_logprobs(meta.get("logprobs")),
+            cost_usd=cost_usd(self.tier, i, o, cached),
+            logprobs=parse_logprobs(meta.get("logprobs")),
             prefill=prefill,
+            cached_input_tokens=cached,
+            reasoning_tokens=read["reasoning"] if read else 0,
+            usage_reported=read is not None,
+            tool_calls=[dict(tc) for tc in getattr(msg, "tool_calls", None) or []],
         )
 
 
@@ -289,14 +512,28 @@ O200K_METHOD = "o200k_base via bpe-openai (tiktoken-compatible)"
 BYTES_METHOD = "ceil(UTF-8 bytes / 3) estimate (bpe-openai is not installed)"
 
 
-@functools.lru_cache(maxsize=1)
-def _o200k() -> Any:
+@functools.lru_cache(maxsize=4)
+def _encoding(name: str) -> Any:
     try:
         from bpe_openai import get_encoding
 
-        return get_encoding("o200k_base")
+        return get_encoding(name)
     except Exception:  # noqa: BLE001 - the estimate must never fail a request
         return None
+
+
+def _o200k() -> Any:
+    return _encoding("o200k_base")
+
+
+def _tool_text(tool: Any) -> str:
+    """A tool's schema as the text a provider renders into the prompt."""
+    if isinstance(tool, Mapping):
+        return json.dumps(tool, default=str)
+    try:
+        return json.dumps({"name": tool.name, "description": tool.description, "args": tool.args}, default=str)
+    except Exception:  # noqa: BLE001 - any object: its text
+        return str(tool)
 
 
 def estimate_tokens(text: str) -> int:

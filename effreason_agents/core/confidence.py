@@ -86,7 +86,7 @@ ALTERNATIVE_SIGNALS = (  # need the top alternatives per token
 )
 SHAPE_SIGNALS = ("length_ratio", "truncated", "separator_found")
 AGREEMENT_SIGNALS = ("agreement_share", "distinct_answers")
-QUESTION_TYPES = ("arithmetic", "multiple_choice", "comparison", "yes_no", "word_problem", "open")
+from effreason_agents.core.features import QUESTION_TYPES  # noqa: E402
 QUESTION_SIGNALS = (
     "question_score",
     "question_words",

@@ -9,10 +9,35 @@ can be logged and later used to fit a router.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+import numpy as np
+
 from effreason_agents.config import Difficulty
+
+__all__ = [
+    "COUNT_FEATURES",
+    "QUESTION_FEATURES",
+    "QUESTION_TYPES",
+    "answer_type_of",
+    "classify_difficulty",
+    "difficulty_features",
+    "difficulty_score",
+    "question_type",
+    "question_vector",
+]
+
+#: Every value :func:`question_type` returns, in the order one-hot encodings use.
+QUESTION_TYPES: tuple[str, ...] = ("arithmetic", "multiple_choice", "comparison", "yes_no", "word_problem", "open")
+#: The counts :func:`difficulty_features` returns, in the order feature vectors use.
+COUNT_FEATURES: tuple[str, ...] = (
+    "chars", "words", "numbers", "max_number_digits", "operators", "multi_step_words", "hard_words", "sentences",
+)
+#: Names of the :func:`question_vector` entries: ``ln(1 + count)`` of each count, the
+#: difficulty score, then a one-hot of the question type.
+QUESTION_FEATURES: tuple[str, ...] = (*COUNT_FEATURES, "score", *(f"type={t}" for t in QUESTION_TYPES))
 
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")
 _OPS = re.compile(r"(?<=[\d\s)])[-+*/×÷^%](?=[\s\d(])|\b(?:plus|minus|times|divided|multiplied|sum|product|difference|percent)\b", re.I)
@@ -32,7 +57,8 @@ _COMPARE = re.compile(r"\b(?:larger|smaller|bigger|greater|less|more|compare)\b"
 
 
 def question_type(question: str) -> str:
-    """One of ``arithmetic``, ``multiple_choice``, ``comparison``, ``yes_no``, ``word_problem``, ``open``."""
+    """One of :data:`QUESTION_TYPES`: ``arithmetic``, ``multiple_choice``, ``comparison``,
+    ``yes_no``, ``word_problem``, ``open``."""
     q = question.strip()
     if len(_CHOICE.findall(q)) >= 2:
         return "multiple_choice"
@@ -50,6 +76,7 @@ def question_type(question: str) -> str:
 
 
 def difficulty_features(question: str) -> dict[str, Any]:
+    """The :data:`COUNT_FEATURES` of ``question`` and its ``type`` (:func:`question_type`)."""
     q = question.strip()
     return {
         "chars": len(q),
@@ -89,6 +116,21 @@ def classify_difficulty(question: str) -> tuple[Difficulty, dict[str, Any]]:
     f["score"] = score
     label: Difficulty = "easy" if score < 1.2 else "medium" if score < 3.0 else "hard"
     return label, f
+
+
+def question_vector(question: str | dict[str, Any]) -> np.ndarray:
+    """The numeric features of a question, in :data:`QUESTION_FEATURES` order (float64).
+
+    ``question`` is the text, or the features :func:`classify_difficulty` already
+    returned for it (with ``score``). Counts enter as ``ln(1 + x)``, the score as is,
+    the type as a one-hot over :data:`QUESTION_TYPES`. Routers use this vector as their
+    hand features; changing it changes every fitted router's inputs.
+    """
+    f = classify_difficulty(question)[1] if isinstance(question, str) else question
+    vals = [math.log1p(float(f[k])) for k in COUNT_FEATURES]
+    vals.append(float(f["score"]))
+    vals.extend(1.0 if f["type"] == t else 0.0 for t in QUESTION_TYPES)
+    return np.asarray(vals, dtype=np.float64)
 
 
 _ANSWER_TYPES = {"multiple_choice": "choice", "yes_no": "yesno", "open": "text"}

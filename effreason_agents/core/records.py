@@ -180,6 +180,8 @@ class Completion:
     reasoning_tokens: int = 0
     usage_reported: bool = True
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[str | None] | None = None
+    """Self-consistency: every sample's normalised answer, in the order drawn."""
 
     @property
     def generated_text(self) -> str:
@@ -204,6 +206,7 @@ class Completion:
             "reasoning_tokens": self.reasoning_tokens,
             "usage_reported": self.usage_reported,
             "tool_calls": self.tool_calls,
+            "samples": self.samples,
         }
 
     @classmethod
@@ -223,4 +226,5 @@ class Completion:
             reasoning_tokens=int(data.get("reasoning_tokens") or 0),
             usage_reported=bool(data.get("usage_reported", True)),
             tool_calls=list(data.get("tool_calls") or []),
+            samples=data.get("samples"),
         )

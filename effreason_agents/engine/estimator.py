@@ -172,7 +172,7 @@ def tale_budget(question: str, client: TierClient | Any, *, max_tokens: int = 24
 REGRESSOR_VERSION = 1
 _FORMAT = "effreason-budget-regressor"
 _NUMERIC = ("words", "numbers", "max_number_digits", "operators", "multi_step_words", "hard_words", "sentences")
-_TYPES = ("arithmetic", "multiple_choice", "comparison", "yes_no", "word_problem", "open")
+from effreason_agents.core.features import QUESTION_TYPES as _TYPES  # noqa: E402
 REGRESSOR_FEATURES: tuple[str, ...] = tuple(f"log1p_{n}" for n in _NUMERIC) + tuple(f"type={t}" for t in _TYPES)
 """The fixed feature vector: ``log1p`` of each numeric difficulty feature, then a one-hot
 of the question type. Changing it needs a new ``REGRESSOR_VERSION``."""

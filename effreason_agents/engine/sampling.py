@@ -61,12 +61,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 
 from effreason_agents.errors import TierError
 from effreason_agents.core.prompts import parse_answer
-from effreason_agents.evaluation.tasks import answer_key
-from effreason_agents.adapters.tiers import TierClient, TokenLogprob, _error_kind, _parse_logprobs, cost_usd
+from effreason_agents.core.answers import answer_key
+from effreason_agents.adapters.tiers import TierClient, cost_usd, parse_logprobs
+from effreason_agents.core.records import Completion, TokenLogprob
 
 Rule = Literal["beta", "esc", "fixed"]
 RULES: tuple[Rule, ...] = ("beta", "esc", "fixed")
@@ -84,6 +85,7 @@ __all__ = [
     "per_choice_usage_with_method",
     "regularized_beta_int",
     "representative_index",
+    "sample_arm",
     "sample_until_settled",
     "settled",
 ]
@@ -254,28 +256,14 @@ class SampleResult:
     prefill: str = ""
     finish_reasons: list[str | None] = field(default_factory=list)
     truncated_share: float = 0.0
+    usage_reported: bool = True  # every request reported readable usage
+    cached_input_tokens: int = 0
 
     @property
     def representative_text(self) -> str | None:
         """The representative sample's text (``None`` when there is none)."""
         i = self.representative_index
         return self.texts[i] if i is not None and i < len(self.texts) else None
-
-
-def _to_openai_messages(messages: Sequence[BaseMessage | Mapping[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if isinstance(m, Mapping):
-            out.append(dict(m))
-        elif isinstance(m, SystemMessage):
-            out.append({"role": "system", "content": m.content})
-        elif isinstance(m, HumanMessage):
-            out.append({"role": "user", "content": m.content})
-        elif isinstance(m, AIMessage):
-            out.append({"role": "assistant", "content": m.content})
-        else:
-            raise TypeError(f"unsupported message type {type(m).__name__}")
-    return out
 
 
 def default_batch(client: TierClient) -> int:
@@ -298,24 +286,17 @@ def _n_limit(client: TierClient) -> int:
     return 128  # OpenAI's documented maximum of n
 
 
-def _create(api: Any, client: TierClient, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """One chat-completions request as raw JSON; every failure becomes a :class:`TierError`."""
-    try:
-        raw = api.chat.completions.create(**kwargs).model_dump()
-    except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
-        kind, why = _error_kind(exc)
-        raise TierError(client.name, f"{why} after {client.tier.max_retries} retries", kind=kind) from exc
-    if not raw.get("choices"):
-        raise TierError(client.name, "the response held no choices", kind="bad_response")
-    return raw
+def _create(client: TierClient, messages: Sequence[BaseMessage], n: int, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """One sampling request through the tier's client path; failures are :class:`TierError`."""
+    return client.sample(messages, n=n, **opts)
 
 
 def _concurrently(
-    pool: ThreadPoolExecutor, api: Any, client: TierClient, kwargs: Mapping[str, Any], k: int
+    pool: ThreadPoolExecutor, client: TierClient, messages: Sequence[BaseMessage], opts: Mapping[str, Any], k: int
 ) -> list[dict[str, Any]]:
     """``k`` identical requests at once, in submission order. When any fails, the others are
     still awaited, then the first failure (in submission order) is raised."""
-    futures = [pool.submit(_create, api, client, kwargs) for _ in range(k)]
+    futures = [pool.submit(_create, client, messages, 1, opts) for _ in range(k)]
     wait(futures)
     for f in futures:
         exc = f.exception()
@@ -356,8 +337,6 @@ def sample_until_settled(
     Bad arguments raise :class:`ValueError` before any request. A failed request raises
     :class:`~effreason_agents.errors.TierError` (in a concurrent round, once the round's
     other requests have finished)."""
-    import openai
-
     if cap < 1:
         raise ValueError("cap must be at least 1")
     if max_tokens < 1:
@@ -375,34 +354,17 @@ def sample_until_settled(
     if caps.n:
         size = max(1, min(size, _n_limit(client)))
 
-    msgs = list(messages)
+    msgs = convert_to_messages(list(messages))
     prefill = ""
     if msgs and isinstance(msgs[-1], AIMessage):
         if caps.assistant_prefill:
             prefill = str(msgs[-1].content)
         else:
             msgs = msgs[:-1]
-    request: dict[str, Any] = {
-        "model": client.tier.model,
-        "messages": _to_openai_messages(msgs),
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-    }
-    if caps.logprobs:
-        request["logprobs"] = True
-        if caps.top_logprobs:
-            request["top_logprobs"] = caps.top_logprobs
-    if stop:
-        request["stop"] = list(stop)
+    from langchain_core.runnables.config import ensure_config
 
-    try:
-        api = openai.OpenAI(
-            base_url=client.base_url(), api_key=client.api_key(), timeout=client.tier.timeout_s, max_retries=client.tier.max_retries
-        )
-    except TierError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - e.g. the embedded server could not start
-        raise TierError(client.name, str(exc), kind="unavailable") from exc
+    opts: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "stop": list(stop) if stop else None,
+                            "config": ensure_config()}
 
     answers: list[str | None] = []
     texts: list[str] = []
@@ -410,7 +372,8 @@ def sample_until_settled(
     raw_logprobs: list[Mapping[str, Any] | None] = []
     per_choice: list[int] = []
     methods: list[str] = []
-    input_tokens = reported = requests = dropped_tokens = 0
+    input_tokens = reported = requests = dropped_tokens = cached_tokens = 0
+    usage_missing = False
     latency = 0.0
     stopped_by: Literal["rule", "cap"] = "cap"
     pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sample") if not caps.n and size > 1 else None
@@ -419,18 +382,22 @@ def sample_until_settled(
             k = min(cap - len(answers), size)
             start = time.perf_counter()
             if caps.n:
-                responses = [_create(api, client, {**request, "n": k} if k > 1 else request)]
+                responses = [_create(client, msgs, k, opts)]
             elif pool is not None and k > 1:
-                responses = _concurrently(pool, api, client, request, k)
+                responses = _concurrently(pool, client, msgs, opts, k)
             else:
-                responses = [_create(api, client, request)]
+                responses = [_create(client, msgs, 1, opts)]
             latency += time.perf_counter() - start
             for raw in responses:
                 requests += 1
                 choices = sorted(raw["choices"], key=lambda c: c.get("index", 0))
                 counts, method = per_choice_usage_with_method(raw, client.count_tokens)
-                usage = raw.get("usage") or {}
+                usage = raw.get("usage")
+                if usage is None:
+                    usage_missing = True
+                usage = usage or {}
                 input_tokens += int(usage.get("prompt_tokens") or 0)
+                cached_tokens += int(usage.get("cached_tokens") or 0)
                 reported += int(usage.get("completion_tokens") or 0)
                 methods.append(method)
                 for ch, n_tok in zip(choices, counts):
@@ -464,7 +431,9 @@ def sample_until_settled(
         cap=cap,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cost_usd=cost_usd(client.tier, input_tokens, output_tokens),
+        cost_usd=cost_usd(client.tier, input_tokens, output_tokens, cached_tokens),
+        usage_reported=not usage_missing,
+        cached_input_tokens=cached_tokens,
         requests=requests,
         token_count_method="+".join(dict.fromkeys(m for ms in methods for m in ms.split("+"))),
         stopped_by=stopped_by,
@@ -474,8 +443,26 @@ def sample_until_settled(
         reported_output_tokens=reported,
         latency_s=latency,
         representative_index=rep,
-        representative_logprobs=_parse_logprobs(raw_logprobs[rep]) if rep is not None else None,
+        representative_logprobs=parse_logprobs(raw_logprobs[rep]) if rep is not None else None,
         prefill=prefill,
         finish_reasons=finish,
         truncated_share=sum(1 for f in finish if f == "length") / len(finish) if finish else 0.0,
+    )
+
+
+def sample_arm(client: TierClient, strategy: Any, prompt: Any, max_tokens: int) -> Completion:
+    """Run an sc arm: samples until the strategy's stopping rule settles the majority.
+    Returns the attempt as one :class:`Completion`: the representative sample's text and
+    logprobs (the first that gave the majority answer), every sample's tokens and cost,
+    and every sample's answer in ``samples``."""
+    r = sample_until_settled(
+        client, prompt.messages, max_tokens=max_tokens, temperature=strategy.temperature, cap=strategy.samples,
+        rule=strategy.stop_rule, confidence=strategy.stop_confidence, window=strategy.esc_window, stop=prompt.stop,
+    )
+    i = r.representative_index if r.representative_index is not None else 0
+    return Completion(
+        text=r.texts[i] if r.texts else "", input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+        finish_reason=r.finish_reasons[i] if r.finish_reasons else None, latency_s=r.latency_s,
+        model=client.tier.model, cost_usd=r.cost_usd, logprobs=r.representative_logprobs, prefill=r.prefill,
+        cached_input_tokens=r.cached_input_tokens, usage_reported=r.usage_reported, samples=r.answers,
     )

@@ -27,7 +27,7 @@ from effreason_agents.errors import EffReasonError
 from effreason_agents.graph.builder import build_reasoning_graph
 from effreason_agents.graph.nodes import Services, outcome_records
 from effreason_agents.adapters.store import BenchResult, BenchRun, OutcomeStore, utc_now
-from effreason_agents.evaluation.replay import GRAPH_ARM
+from effreason_agents.evaluation.outcomes import GRAPH_ARM
 from effreason_agents.graph.state import ReasoningContext
 from effreason_agents.evaluation.tasks import TaskItem, check_answer
 

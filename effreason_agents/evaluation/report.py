@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from effreason_agents.adapters.atomic import write_bytes
+from effreason_agents.core.money import format_usd
 from effreason_agents.errors import EffReasonError
 
 __all__ = [
     "ReportError",
-    "format_usd",
     "pareto_front",
     "render_report",
     "write_report",
@@ -85,26 +85,6 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, 
         if not any(q[1] <= p[1] and q[2] >= p[2] and (q[1] < p[1] or q[2] > p[2]) for q in valid)
     ]
     return sorted(front, key=lambda p: (p[1], -p[2], p[0]))
-
-
-def format_usd(value: Any) -> str:
-    """A dollar amount that stays readable when tiny: ``$0``, ``$0.000123``, ``$0.0123``, ``$1.50``."""
-    if not _finite(value):
-        return "—"
-    x = float(value)
-    if x == 0:
-        return "$0"
-    sign = "-" if x < 0 else ""
-    x = abs(x)
-    if x >= 1:
-        return f"{sign}${x:,.2f}"
-    if x < 1e-6:
-        return f"{sign}${x:.2e}"
-    digits = max(2, 2 - math.floor(math.log10(x)))  # three significant digits, at least cents
-    text = f"{x:.{digits}f}"
-    whole, frac = text.split(".")
-    frac = frac.rstrip("0").ljust(2, "0")
-    return f"{sign}${whole}.{frac}"
 
 
 # -- entry points -----------------------------------------------------------------------
@@ -387,7 +367,7 @@ def _text(s: Any) -> str:
 
 def _x_value(view: _View, m: Mapping[str, Any]) -> str:
     v = m.get(view.x_metric)
-    return format_usd(v) if view.x_metric == "mean_cost_usd" else f"{_num(v)} tokens"
+    return format_usd(v, symbol=True) if view.x_metric == "mean_cost_usd" else f"{_num(v)} tokens"
 
 
 # -- report.md --------------------------------------------------------------------------
@@ -445,7 +425,7 @@ def _arms_section(view: _View, plots: Mapping[str, Path]) -> list[str]:
         cells = [
             label, _text(m.get("tier") or "—"), _text(m.get("strategy") or "—"),
             _pct(m.get("accuracy")), _num(m.get("mean_output_tokens")), _num(m.get("p90_output_tokens"), 0),
-            format_usd(m.get("mean_cost_usd")), _secs(m.get("p50_latency_s")), _secs(m.get("p90_latency_s")),
+            format_usd(m.get("mean_cost_usd"), symbol=True), _secs(m.get("p50_latency_s")), _secs(m.get("p90_latency_s")),
             _num(m.get("tokens_per_correct")), _int(m.get("n")),
         ]
         return "| " + " | ".join(cells) + " |"
@@ -539,7 +519,7 @@ def _hull_section(view: _View) -> list[str]:
     pts = h.get("points") or []
     pts = [p for p in pts if isinstance(p, Sequence) and len(p) >= 2 and _finite(p[0]) and _finite(p[1])]
     if pts:
-        fmt = format_usd if x == "mean_cost_usd" else (lambda v: f"{_num(v)} tokens")
+        fmt = (lambda v: format_usd(v, symbol=True)) if x == "mean_cost_usd" else (lambda v: f"{_num(v)} tokens")
         lines += ["Hull points: " + ", ".join(f"({fmt(p[0])}, {_pct(p[1])})" for p in pts) + ".", ""]
     return lines
 
@@ -640,7 +620,7 @@ def _plot_frontier(view: _View) -> Any:
     ax.set_ylim(max(0.0, lo - 0.1) if lo > 0.1 else -0.03, min(1.0, hi + 0.1) + 0.03)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     if view.x_metric == "mean_cost_usd":
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_usd(v) if v >= 0 else ""))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_usd(v, symbol=True) if v >= 0 else ""))
     x_lo = min(0.0, min(all_x))
     span = (x_max - x_lo) or (abs(x_max) or 1.0)
     ax.set_xlim(x_lo - 0.04 * span, x_max + 0.2 * span)  # room on the right for labels

@@ -35,12 +35,23 @@ import random
 import re
 import unicodedata
 import warnings
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from effreason_agents.core.answers import (
+    YES_NO,
+    answer_key,
+    canonical_number,
+    normalize_text,
+    parse_date,
+    parse_date_exact,
+    parse_number,
+    polarity,
+    strip_edges,
+)
 from effreason_agents.errors import EffReasonError
 
 __all__ = [
@@ -51,6 +62,7 @@ __all__ = [
     "DatasetError",
     "DatasetWarning",
     "TaskItem",
+    "answer_key",
     "builtin_suite",
     "canonical_number",
     "check_answer",
@@ -77,180 +89,6 @@ class DatasetError(EffReasonError, ValueError):
 
 class DatasetWarning(UserWarning):
     """A malformed dataset line was skipped (``on_error="skip"``); the message names file:line."""
-
-
-# ---------------------------------------------------------------------------------------
-# Small pure helpers: numbers, dates, text
-# ---------------------------------------------------------------------------------------
-
-_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})  # minus sign, en dash
-#: A number as written in an answer: optional sign and ``$``, thousands groups of three,
-#: decimals, optional ``%``. Not glued to letters, digits or other numbers (``v2``, ``1,5``).
-_NUM_IN_TEXT = re.compile(
-    r"(?<![\w.,])([-+]?)\$?([-+]?)(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)%?(?!\w|[.,]\d)"
-)
-_FRACTION = re.compile(r"([-+]?\d+)\s*/\s*(\d+)")
-_EDGE_CHARS = " \t\r\n\"'`“”‘’*_.,;:!?()[]{}<>"
-_MAX_PHRASE_WORDS = 6
-
-
-def _strip_edges(text: str) -> str:
-    """Whitespace, quotes, markdown emphasis and punctuation removed from both ends."""
-    return text.strip(_EDGE_CHARS)
-
-
-def parse_number(text: str) -> float | None:
-    """The number an answer states, or ``None``.
-
-    Accepts ``"1,000"``, ``"$5"``, ``"5.0"``, ``"5%"``, ``"5."``, ``"-3"``, ``".5"``, ``"3/4"``
-    and one number inside a short phrase (at most six words, e.g. ``"5 apples"``). A phrase
-    holding different numbers (``"5 + 3 = 8"``) is ambiguous and gives ``None``; so do
-    number words (``"five"``) and glued tokens (``"5th"``, ``"1,5"``).
-    """
-    s = unicodedata.normalize("NFKC", text).translate(_MINUS).strip()
-    frac = _FRACTION.fullmatch(s.strip(" \t\r\n\"'`“”‘’*_"))
-    if frac and int(frac.group(2)) != 0:
-        return int(frac.group(1)) / int(frac.group(2))
-    found = [m for m in _NUM_IN_TEXT.finditer(s)]
-    if not found:
-        return None
-    values = {_match_value(m) for m in found}
-    if len(values) != 1:
-        return None
-    whole = len(found) == 1 and _strip_edges(s[: found[0].start()]) == "" and _strip_edges(s[found[0].end():]) == ""
-    if not whole and len(s.split()) > _MAX_PHRASE_WORDS:
-        return None
-    return values.pop()
-
-
-def _match_value(m: re.Match[str]) -> float:
-    sign = "-" if "-" in (m.group(1) + m.group(2)) else ""
-    return float(sign + m.group(3).replace(",", ""))
-
-
-def canonical_number(text: str | int | float) -> str:
-    """The canonical spelling of a gold number: no ``,`` ``$`` ``%``, no trailing zeros,
-    no exponent (``"1,000"`` → ``"1000"``, ``"5.50"`` → ``"5.5"``, ``".5"`` → ``"0.5"``).
-
-    Raises ``ValueError`` when ``text`` is not a single number.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a number")
-    s = str(text).translate(_MINUS).strip().replace(",", "").replace("$", "").replace("%", "")
-    s = s.rstrip(".") if re.fullmatch(r"[-+]?\d+\.", s) else s
-    if not re.fullmatch(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?", s):
-        raise ValueError(f"{text!r} is not a number")
-    try:
-        d = Decimal(s)
-    except InvalidOperation as exc:  # pragma: no cover - guarded by the regex
-        raise ValueError(f"{text!r} is not a number") from exc
-    out = format(d.normalize(), "f")
-    if "." in out:
-        out = out.rstrip("0").rstrip(".")
-    return "0" if out in ("-0", "") else out
-
-
-_MONTHS = {
-    name: i
-    for i, names in enumerate(
-        [
-            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"),
-            ("may",), ("june", "jun"), ("july", "jul"), ("august", "aug"),
-            ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"), ("december", "dec"),
-        ],
-        start=1,
-    )
-    for name in names
-}
-_MONTH_RE = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
-_ORD = r"(?:st|nd|rd|th)?"
-_DATE_PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, str, str]], ...] = (
-    # 2024-03-06, 2024/03/06, 2024.03.06
-    (re.compile(r"(?<!\d)(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?!\d)"), ("y", "m", "d")),
-    # 03/06/2024, 3-6-2024: US order, month first
-    (re.compile(r"(?<!\d)(\d{1,2})[/-](\d{1,2})[/-](\d{4})(?!\d)"), ("m", "d", "y")),
-    # March 6, 2024 / Mar. 6th 2024
-    (re.compile(rf"\b{_MONTH_RE}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.I), ("m", "d", "y")),
-    # 6 March 2024 / 6th of March, 2024
-    (re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}\s+(?:of\s+)?{_MONTH_RE},?\s+(\d{{4}})(?!\d)", re.I), ("d", "m", "y")),
-)
-
-
-def _dates_in(text: str) -> list[tuple[int, int, dt.date | None]]:
-    """Every date written in ``text``: (start, end, date or None when not a real date)."""
-    found: list[tuple[int, int, dt.date | None]] = []
-    for pattern, order in _DATE_PATTERNS:
-        for m in pattern.finditer(text):
-            if any(m.start() < e and s < m.end() for s, e, _ in found):
-                continue
-            parts = dict(zip(order, m.groups()))
-            month = _MONTHS[parts["m"].lower()] if parts["m"].isalpha() else int(parts["m"])
-            try:
-                day: dt.date | None = dt.date(int(parts["y"]), month, int(parts["d"]))
-            except ValueError:
-                day = None
-            found.append((m.start(), m.end(), day))
-    return found
-
-
-def parse_date(text: str) -> dt.date | None:
-    """The calendar date an answer states, or ``None``.
-
-    Formats: ``2024-03-06`` (also ``/`` or ``.``), ``March 6, 2024`` / ``Mar 6th 2024``,
-    ``6 March 2024`` / ``6th of March, 2024``, and ``03/06/2024`` read as US
-    month/day/year. A date inside a short phrase counts ("It is March 6, 2024."); two
-    different dates, or an impossible one (``2023-02-30``), give ``None``.
-    """
-    s = unicodedata.normalize("NFKC", text).translate(_MINUS)
-    found = _dates_in(s)
-    days = {d for _, _, d in found}
-    if len(days) != 1 or None in days:
-        return None
-    return days.pop()
-
-
-def _parse_date_exact(text: str) -> dt.date | None:
-    """A date when ``text`` is nothing but one date (used to recognise gold answers)."""
-    s = _strip_edges(unicodedata.normalize("NFKC", text).translate(_MINUS))
-    found = _dates_in(s)
-    if len(found) == 1 and found[0][0] == 0 and found[0][1] == len(s):
-        return found[0][2]
-    return None
-
-
-def _normalize_text(text: str) -> str:
-    s = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_strip_edges(s).split())
-
-
-_YES = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
-
-
-def _polarity(text: str) -> str | None:
-    """``"yes"``/``"no"`` from the first word of an answer (``True``/``False`` count too)."""
-    m = re.match(r"[a-z]+", _strip_edges(_normalize_text(text)))
-    return _YES.get(m.group()) if m else None
-
-
-def answer_key(text: str | None) -> str | None:
-    """One normal form per answer, for voting among samples: a yes/no by its first word,
-    a date as ISO, a number canonically (``"5."``, ``"5 apples"`` and ``"$5"`` are all
-    ``"5"``), other text case- and space-folded without edge punctuation."""
-    if text is None:
-        return None
-    polarity = _polarity(text)
-    if polarity is not None:
-        return polarity
-    day = parse_date(text)
-    if day is not None:
-        return day.isoformat()
-    number = parse_number(text)
-    if number is not None:
-        try:
-            return canonical_number(repr(number))
-        except ValueError:
-            pass
-    return _normalize_text(text) or None
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,18 +156,18 @@ def _canonical_gold(answer: str, type_: str, choices: Sequence[str] | None) -> s
     if type_ == "number":
         return canonical_number(a)
     if type_ == "choice":
-        letter = _strip_edges(a).upper()
+        letter = strip_edges(a).upper()
         n = len(choices) if choices is not None else len(LETTERS)
         if len(letter) != 1 or letter not in LETTERS[:n]:
             raise ValueError(f"choice answer must be one letter {LETTERS[0]}-{LETTERS[n - 1]}, got {answer!r}")
         return letter
     if type_ == "yesno":
-        polar = _YES.get(_normalize_text(a))
+        polar = YES_NO.get(normalize_text(a))
         if polar is None:
             raise ValueError(f"yes/no answer must be 'yes' or 'no', got {answer!r}")
         return polar
     if type_ == "date":
-        day = _parse_date_exact(a)
+        day = parse_date_exact(a)
         if day is None:
             raise ValueError(f"date answer must be a date such as 2024-03-06, got {answer!r}")
         return day.isoformat()
@@ -354,7 +192,7 @@ def _numbers_equal(a: float, b: float) -> bool:
 
 
 def _same_option_text(predicted: str, option: str) -> bool:
-    p, o = _normalize_text(predicted), _normalize_text(option)
+    p, o = normalize_text(predicted), normalize_text(option)
     if p == o:
         return True
     pn, on = _full_number(predicted), _full_number(option)
@@ -372,7 +210,7 @@ def _choice_letter(predicted: str, choices: Sequence[str] | None) -> str | None:
     """The option letter an answer names (``"B"``, ``"B)"``, ``"(b)"``, ``"Option B"``,
     ``"B) 42"``), or ``None``. A lowercase letter followed by more words (``"a dog"``) is not a
     letter; neither is a letter whose trailing text is another option's text."""
-    m = _CHOICE_RE.fullmatch(_strip_edges(unicodedata.normalize("NFKC", predicted)))
+    m = _CHOICE_RE.fullmatch(strip_edges(unicodedata.normalize("NFKC", predicted)))
     if not m:
         return None
     opening, letter, closing, rest = m.group(1), m.group(2), m.group(3), (m.group(4) or "").strip()
@@ -432,11 +270,11 @@ def check_answer(predicted: str | None, item: TaskItem) -> bool:
             return _same_option_text(pred, gold)
         return False
     if t == "yesno":
-        return _polarity(pred) == item.answer
+        return polarity(pred) == item.answer
     if t == "date":
         day = parse_date(pred)
         return day is not None and day.isoformat() == item.answer
-    return _normalize_text(pred) == _normalize_text(item.answer) != ""
+    return normalize_text(pred) == normalize_text(item.answer) != ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -932,7 +770,7 @@ def _choice_gold(answer: Any, options: list[str]) -> str:
         if not 0 <= answer < len(options):
             raise _RowError(f"answer index {answer} is out of range for {len(options)} options (0-based)")
         return LETTERS[answer]
-    text = _strip_edges(str(answer)).upper()
+    text = strip_edges(str(answer)).upper()
     valid = LETTERS[: len(options)]
     if len(text) != 1 or text not in valid:
         raise _RowError(f"answer must be one of the letters {', '.join(valid)}, got {answer!r}")
@@ -952,7 +790,7 @@ def _infer_type(answer: Any) -> str:
         pass
     if s.lower() in ("yes", "no"):
         return "yesno"
-    if _parse_date_exact(s) is not None:
+    if parse_date_exact(s) is not None:
         return "date"
     return "text"
 

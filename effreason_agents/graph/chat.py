@@ -42,6 +42,7 @@ from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from effreason_agents.config import Config, LimitConfig, load_config
+from effreason_agents.core.messages import message_text, question_with_history
 from effreason_agents.errors import ConfigError, InvalidQuestionError
 from effreason_agents.graph.state import ReasoningContext
 
@@ -57,10 +58,6 @@ __all__ = [
     "validate_context",
 ]
 
-HISTORY_TURNS = 2
-"""Earlier answered turns prepended to the question, when they are short."""
-HISTORY_MAX_CHARS = 400
-"""The earlier turns are included only if their text is at most this long."""
 
 SCOPE_KINDS = ("thread", "user")
 
@@ -287,33 +284,6 @@ def refusal_text(remaining: Mapping[str, Any], reason: str | None = None) -> str
 
 
 # -- the graph ------------------------------------------------------------------------
-
-
-def message_text(message: AnyMessage) -> str:
-    """The text of a message: its string content, or its text blocks joined."""
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = [p if isinstance(p, str) else p.get("text", "") for p in content if isinstance(p, (str, dict))]
-    return "".join(parts)
-
-
-def question_with_history(messages: list[AnyMessage], question: str) -> str:
-    """The question, with up to :data:`HISTORY_TURNS` earlier answered turns before it
-    when they are short (at most :data:`HISTORY_MAX_CHARS` characters)."""
-    pairs: list[tuple[str, str]] = []
-    for i in range(len(messages) - 1):
-        h, a = messages[i], messages[i + 1]
-        if isinstance(h, HumanMessage) and isinstance(a, AIMessage):
-            if a.response_metadata.get("answered"):
-                pairs.append((message_text(h).strip(), message_text(a).strip()))
-    pairs = pairs[-HISTORY_TURNS:]
-    if not pairs or sum(len(q) + len(a) for q, a in pairs) > HISTORY_MAX_CHARS:
-        return question
-    lines = ["Earlier in this conversation:"]
-    for q, a in pairs:
-        lines += [f"Q: {q}", f"A: {a}"]
-    return "\n".join(lines) + f"\n\nNow answer this question: {question}"
 
 
 class _ChatNodes:

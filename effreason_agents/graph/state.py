@@ -17,7 +17,12 @@ Keys (who writes them):
 ``attempts`` (solve appends, assess completes the last one)
     one dict per attempt, the fields of :class:`~effreason_agents.adapters.store.AttemptRecord`.
 ``decision``, ``decision_reason`` (assess, escalate)
-    ``"accept"``, ``"escalate"`` or ``"stop"``.
+    a :class:`~effreason_agents.core.records.Decision` value (``"solve"``, ``"accept"``,
+    ``"escalate"``, ``"stop"``) and why, for people.
+``stop_reason``, ``budget_scope`` (classify, solve, escalate)
+    a :class:`~effreason_agents.core.records.StopReason` value when the request stopped
+    without an accepted answer, and the scope (``request``, ``thread``, ``user``) whose
+    budget ran out.
 ``down_tiers`` (escalate)
     tiers that failed in this request and are skipped.
 ``retry`` (escalate, cleared by solve)
@@ -53,6 +58,8 @@ class ReasoningState(TypedDict, total=False):
     attempts: list[dict[str, Any]]
     decision: str
     decision_reason: str
+    stop_reason: str | None
+    budget_scope: str | None
     down_tiers: list[str]
     retry: dict[str, Any] | None
     result: dict[str, Any]

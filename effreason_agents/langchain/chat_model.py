@@ -47,6 +47,7 @@ from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from effreason_agents.config import Config, config_from_data, default_config_data, load_config
+from effreason_agents.core.messages import check_tool_messages, messages_to_question
 from effreason_agents.errors import ConfigError, InvalidQuestionError
 
 __all__ = ["ChatCostAware", "check_tool_messages", "messages_to_question"]
@@ -54,88 +55,9 @@ __all__ = ["ChatCostAware", "check_tool_messages", "messages_to_question"]
 LLM_TYPE = "effreason-cost-aware"
 PROVIDER = "effreason"
 STREAM_CHUNK_CHARS = 16
-TEXT_BLOCK_TYPES = {"text"}
 TIER_CALL_KWARGS = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
 """Per-call arguments (set by :meth:`ChatCostAware.bind_tools` / :meth:`~ChatCostAware.with_structured_output`)
 that send the call to one tier instead of the reasoning graph."""
-
-
-# -- input checks (pure, before any model call) ------------------------------------------
-
-
-def _block_text(content: Any, where: str, strict: bool = True) -> str:
-    """The text of a message's content; :class:`ValueError` for non-text content blocks
-    (``strict=False``, for earlier AI replies: reasoning and tool-call blocks are skipped)."""
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content or []:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, Mapping):
-            kind = block.get("type")
-            if kind not in TEXT_BLOCK_TYPES:
-                if not strict:
-                    continue
-                raise ValueError(
-                    f"{where} has a {kind!r} content block; ChatCostAware accepts text only "
-                    "(send images, audio and files to a multimodal chat model)"
-                )
-            parts.append(str(block.get("text", "")))
-        else:
-            raise ValueError(f"{where} has unsupported content of type {type(block).__name__}; send text")
-    return "".join(parts)
-
-
-def check_tool_messages(messages: Sequence[BaseMessage]) -> None:
-    """:class:`ValueError` for a :class:`ToolMessage` whose call no earlier :class:`AIMessage` made
-    (what an OpenAI-compatible server would refuse, caught before any model call)."""
-    seen: set[str] = set()
-    for i, m in enumerate(messages):
-        if isinstance(m, AIMessage):
-            seen.update(str(tc.get("id")) for tc in m.tool_calls or [] if tc.get("id"))
-        elif isinstance(m, ToolMessage) and str(m.tool_call_id) not in seen:
-            raise ValueError(
-                f"messages[{i}] is a ToolMessage for tool_call_id {m.tool_call_id!r}, which no earlier "
-                "AIMessage's tool_calls contains; send the AIMessage that made the call before its result"
-            )
-
-
-def messages_to_question(messages: Sequence[BaseMessage]) -> str:
-    """The question the reasoning graph answers for a chat: the last human message, with
-    earlier answered turns (:func:`~effreason_agents.graph.chat.question_with_history`), system
-    messages as instructions before it, and tool results that follow it after it.
-
-    Raises :class:`ValueError` (an :class:`InvalidQuestionError` where it is about the
-    question) for input no tier can answer, before any model is called."""
-    from effreason_agents.graph.chat import question_with_history
-
-    if not messages:
-        raise InvalidQuestionError("no messages: send at least one human message")
-    texts = [
-        _block_text(m.content, f"messages[{i}] ({m.type})", strict=not isinstance(m, AIMessage))
-        for i, m in enumerate(messages)
-    ]
-    check_tool_messages(messages)
-    last = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
-    if last is None:
-        raise InvalidQuestionError("no human message to answer: add a HumanMessage (role 'user') with the question")
-    question = texts[last].strip()
-    if not question:
-        raise InvalidQuestionError("the last human message is empty: ask a question")
-    history = [m for m in messages[:last] if not isinstance(m, SystemMessage)]
-    text = question_with_history(history, question)
-    system = "\n".join(texts[i].strip() for i, m in enumerate(messages) if isinstance(m, SystemMessage) and texts[i].strip())
-    if system:
-        text = f"Instructions: {system}\n\n{text}"
-    after = [
-        f"Tool result ({getattr(m, 'name', None) or 'tool'}): {texts[last + 1 + j].strip()}"
-        for j, m in enumerate(messages[last + 1 :])
-        if isinstance(m, ToolMessage) and texts[last + 1 + j].strip()
-    ]
-    if after:
-        text += "\n\n" + "\n".join(after)
-    return text
 
 
 # -- the chat model ----------------------------------------------------------------------

@@ -53,22 +53,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from effreason_agents.graph.chat import message_text
+from effreason_agents.core.messages import check_tool_messages, last_human_text, message_text
 from effreason_agents.core.features import classify_difficulty
-from effreason_agents.config import DEFAULT_CONFIDENCE_THRESHOLD, Config, LimitConfig, load_config
-from effreason_agents.errors import ConfigError, EffReasonError
-from effreason_agents.adapters.ledger import BudgetExhausted, BudgetLedger, Scope, Usage
+from effreason_agents.config import Config, load_config
+from effreason_agents.errors import BudgetExhausted, ConfigError, TierError
+from effreason_agents.adapters.ledger import BudgetLedger
 from effreason_agents.core.prompts import parse_answer
-from effreason_agents.adapters.tiers import TierClient, _parse_logprobs, cost_usd, estimate_tokens, format_usd
-from effreason_agents.core.confidence import HEURISTIC_METHOD, compute_signals, heuristic_confidence, question_signals
+from effreason_agents.adapters.tiers import TierClient, error_kind, parse_logprobs
+from effreason_agents.core.money import format_usd
+from effreason_agents.core.records import TIER_DOWN_KINDS, Completion, Status
+from effreason_agents.engine import policy
+from effreason_agents.engine.runner import AttemptRunner
+from effreason_agents.core.confidence import compute_signals, question_signals
 
 __all__ = ["CostAwareMiddleware", "DifficultySelector", "TierSelector", "last_human_text"]
 
@@ -80,14 +86,6 @@ TierSelector = Callable[[ModelRequest], str]
 DEFAULT_MAX_TOKENS = 256
 MESSAGE_OVERHEAD_TOKENS = 8  # chat-template tokens per message
 PROMPT_SLACK_TOKENS = 16
-
-
-def last_human_text(messages: Sequence[BaseMessage]) -> str:
-    """The text of the last human message (``""`` when there is none)."""
-    for m in reversed(messages):
-        if isinstance(m, HumanMessage):
-            return message_text(m).strip()
-    return ""
 
 
 class DifficultySelector:
@@ -108,13 +106,11 @@ class DifficultySelector:
         difficulty, features = classify_difficulty(question) if question else ("easy", {})
         arm_name = self.config.escalation.start_arm.get(difficulty)
         selected_by = f"classifier ({difficulty})"
-        if self.router is not None and question:
-            names = [a.name for a in self.config.ladder if a.tier in self.tiers and a.name in self.router.arms]
-            if names:
-                probs = self.router.predict_one(question)
-                arm_name, why = self.router.choose(probs, candidates=names, tau=self.config.router.tau,
-                                                   lam=self.config.router.lam)
-                selected_by = f"router ({why})"
+        if question:
+            names = [a.name for a in self.config.ladder if a.tier in self.tiers]
+            routed = policy.router_choice(self.router, question, names, {}, self.config)
+            if routed is not None:
+                arm_name, selected_by = routed[0], f"router ({routed[1]['reason']})"
         tier = next((a.tier for a in self.config.ladder if a.name == arm_name), None)
         if tier not in self.tiers:
             tier = self.tiers[0]
@@ -140,15 +136,9 @@ class _Step:
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
     note: str | None = None
-
-
-@dataclass
-class _Call:
-    key: str
-    tier: str
-    scopes: list[Scope]
-    worst: Usage
-    request: ModelRequest
+    failed: list[str] = field(default_factory=list)
+    usage_missing: bool = False
+    last_refused: bool = False
 
 
 class CostAwareMiddleware(AgentMiddleware):
@@ -190,7 +180,7 @@ class CostAwareMiddleware(AgentMiddleware):
     ) -> None:
         super().__init__()
         if services is None:
-            from effreason_agents.graph.nodes import Services
+            from effreason_agents.engine.services import Services
 
             services = Services(config or load_config())
         self.services = services
@@ -201,12 +191,8 @@ class CostAwareMiddleware(AgentMiddleware):
             raise ConfigError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
-        self.threshold = float(
-            confidence_threshold if confidence_threshold is not None
-            else self.config.escalation.confidence_threshold
-            if self.config.escalation.confidence_threshold is not None
-            else DEFAULT_CONFIDENCE_THRESHOLD
-        )
+        self.threshold = policy.resolve_threshold(confidence_threshold, self.config)
+        self.runner = AttemptRunner(services)
         self.escalate = escalate
         self.calibrators = calibrators
         self.calibrator_strategy = calibrator_strategy
@@ -262,8 +248,6 @@ class CostAwareMiddleware(AgentMiddleware):
 
     # -- decisions --------------------------------------------------------------------
     def _start(self, request: ModelRequest) -> _Step:
-        from effreason_agents.langchain.chat_model import check_tool_messages
-
         if not request.messages:
             raise ValueError("no messages to send to the model: the agent's state has an empty message list")
         check_tool_messages(request.messages)
@@ -282,121 +266,142 @@ class CostAwareMiddleware(AgentMiddleware):
             ensure_limits(self.ledger, self.config, thread_id, user_id)
         return _Step(thread_id, user_id, d["tier"], d["difficulty"], d["features"], d["selected_by"])
 
-    def _prompt_tokens(self, client: TierClient, request: ModelRequest) -> int:
-        parts = [message_text(m) for m in request.messages]
-        if request.system_message is not None:
-            parts.append(message_text(request.system_message))
-        for t in request.tools:
-            try:
-                schema = t if isinstance(t, dict) else {"name": t.name, "description": t.description,
-                                                        "args": t.args}
-                parts.append(json.dumps(schema, default=str))
-            except Exception:  # noqa: BLE001 - an estimate
-                parts.append(str(t))
-        text = "\n".join(parts)
-        try:
-            n = client.count_tokens(text)
-        except EffReasonError as exc:
-            log.warning("counting tokens on tier %r failed (%s); using an estimate", client.name, exc)
-            n = estimate_tokens(text)
-        return int(n) + MESSAGE_OVERHEAD_TOKENS * (len(request.messages) + 1) + PROMPT_SLACK_TOKENS
-
-    def _reserve(self, step: _Step, request: ModelRequest, tier: str, suffix: str = "") -> _Call | BudgetExhausted:
-        """Hold the call's worst case against the call, thread and user scopes; the call's
-        request, its model replaced by the tier's; or the :class:`BudgetExhausted` refusal."""
-        client = self.services.clients[tier]
-        tier_cfg = self.config.tiers[tier]
-        key = f"agent:{step.call_id}{suffix}"
-        prompt = self._prompt_tokens(client, request)
-        worst = Usage.from_usd(self.max_tokens, prompt + self.max_tokens, cost_usd(tier_cfg, prompt, self.max_tokens))
-        call_scope = Scope("request", key)
-        b = self.config.budget
-        if any(v is not None for v in (b.max_output_tokens, b.max_total_tokens, b.max_cost_usd)):
-            self.ledger.set_limits(call_scope, LimitConfig(max_output_tokens=b.max_output_tokens,
-                                                           max_total_tokens=b.max_total_tokens,
-                                                           max_cost_usd=b.max_cost_usd))
-        scopes = [call_scope]
-        if step.thread_id is not None:
-            scopes.append(Scope("thread", step.thread_id))
-        if step.user_id is not None:
-            scopes.append(Scope("user", step.user_id))
-        try:
-            self.ledger.reserve(key, scopes, worst)
-        except BudgetExhausted as exc:
-            return exc
-        try:
-            model = client.chat_model(max_tokens=self.max_tokens, temperature=self.temperature)
-            _label(model, tier, step)
-        except BaseException:
-            self.ledger.release(key)
-            raise
-        return _Call(key, tier, scopes, worst, request.override(model=model))
-
-    def _commit(self, step: _Step, call: _Call, message: AIMessage | None) -> None:
-        usage = (message.usage_metadata if message is not None else None) or {}
-        if usage:
-            i, o = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-            cost = cost_usd(self.config.tiers[call.tier], i, o)
-            actual = Usage.from_usd(o, i + o, cost)
-        else:  # no usage reported: charge the worst case, never less than was spent
-            log.warning("tier %r reported no usage; committing the worst case", call.tier)
-            i = call.worst.total_tokens - call.worst.output_tokens
-            o, cost, actual = call.worst.output_tokens, call.worst.cost_usd, call.worst
-        self.ledger.commit(call.key, actual)
-        step.tiers_tried.append(call.tier)
-        step.input_tokens += i
-        step.output_tokens += o
-        step.cost += cost
-
     def confidence(self, tier: str, message: AIMessage, features: Mapping[str, Any] | None = None) -> tuple[float | None, str]:
         """The reply's confidence and how it was computed; ``None`` for a tool call or a tier
         that returned no logprobs (such replies are never escalated)."""
         if message.tool_calls:
             return None, "tool call"
         meta = message.response_metadata or {}
-        logprobs = _parse_logprobs(meta.get("logprobs"))
+        logprobs = parse_logprobs(meta.get("logprobs"))
         if not logprobs:
             return None, "no logprobs from this tier"
-        text = message_text(message)
-        parsed = parse_answer(text)
+        parsed = parse_answer(message_text(message))
         usage = message.usage_metadata or {}
         signals = compute_signals(logprobs, 0, parsed.span, meta.get("finish_reason"),
                                   output_tokens=usage.get("output_tokens"), max_tokens=self.max_tokens,
                                   answer_method=parsed.method)
         signals.update(question_signals(features, parsed.answer))
-        conf, method = heuristic_confidence(signals, has_answer=parsed.answer is not None, answer_method=parsed.method)
-        if self.calibrators is not None and method == HEURISTIC_METHOD:
-            p, how = self.calibrators.confidence(tier, self.calibrator_strategy, signals)
-            if p is not None:
-                return float(p), how
-        return conf, method
+        conf, how, _ = policy.confidence(self.calibrators, tier, self.calibrator_strategy, signals,
+                                         has_answer=parsed.answer is not None, answer_method=parsed.method)
+        return conf, how
 
-    def _reserve_first(self, step: _Step, request: ModelRequest) -> _Call | BudgetExhausted:
-        """The selected tier's call, else (its worst case does not fit) the nearest cheaper
-        tier whose worst case fits; the selected tier's refusal when none does."""
-        i = self.tiers.index(step.tier)
-        first: BudgetExhausted | None = None
-        for tier in reversed(self.tiers[: i + 1]):
-            call = self._reserve(step, request, tier)
-            if not isinstance(call, BudgetExhausted):
-                if tier != step.tier:
-                    step.note = f"{step.tier} did not fit the budget ({first}); used {tier}"
-                return call
-            first = first or call
-        assert first is not None
-        return first
+    def _call(self, step: _Step, request: ModelRequest, tier: str) -> tuple[ModelRequest, Callable[..., Any]]:
+        """The request with its model replaced by ``tier``'s, and the arguments of its held call."""
+        client = self.services.clients[tier]
+        model = client.chat_model(max_tokens=self.max_tokens, temperature=self.temperature)
+        _label(model, tier, step)
+        messages = ([request.system_message] if request.system_message is not None else []) + list(request.messages)
+        key = f"agent:{step.call_id}:{len(step.tiers_tried) + len(step.failed)}"
+        scopes, limits = policy.budget_scopes(self.config, key, self.config.budget, step.thread_id, step.user_id)
 
-    def _next_tier(self, tier: str) -> str | None:
+        def held(invoke: Callable[[], Any]) -> dict[str, Any]:
+            return dict(key=key, scopes=scopes, client=client, prompt_tokens=client.prompt_bound(messages, request.tools),
+                        max_tokens=self.max_tokens, invoke=invoke, limits=limits)
+
+        return request.override(model=model), held
+
+    def _reply(self, client: TierClient, response: Any, started: float) -> Completion:
+        message = _last_ai(response)
+        if message is None:  # nothing to read usage from: settled at the hold
+            return Completion("", 0, 0, None, time.perf_counter() - started, client.tier.model, Decimal(0),
+                              usage_reported=False)
+        return client.completion(message, latency=time.perf_counter() - started)
+
+    def _attempt(self, step: _Step, request: ModelRequest, tier: str, handler: Callable[[ModelRequest], Any]) -> Any:
+        """One held call on ``tier`` through ``handler``: its response, a :class:`BudgetExhausted`
+        refusal (nothing called), or a :class:`TierError` (the hold released)."""
+        client = self.services.clients[tier]
+        req, held = self._call(step, request, tier)
+        box: dict[str, Any] = {}
+
+        def invoke() -> Completion:
+            started = time.perf_counter()
+            try:
+                box["response"] = handler(req)
+            except Exception as exc:  # noqa: BLE001 - a provider failure: fall back to another tier
+                err = _tier_failure(client, exc)
+                if err is exc:
+                    raise
+                raise err from exc
+            return self._reply(client, box["response"], started)
+
+        try:
+            done = self.runner.call(**held(invoke))
+        except (BudgetExhausted, TierError) as exc:
+            return self._failed(step, tier, exc)
+        return self._settled(step, tier, done, box["response"])
+
+    async def _aattempt(self, step: _Step, request: ModelRequest, tier: str,
+                        handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
+        client = self.services.clients[tier]
+        req, held = self._call(step, request, tier)
+        box: dict[str, Any] = {}
+
+        async def invoke() -> Completion:
+            started = time.perf_counter()
+            try:
+                box["response"] = await handler(req)
+            except Exception as exc:  # noqa: BLE001 - a provider failure: fall back to another tier
+                err = _tier_failure(client, exc)
+                if err is exc:
+                    raise
+                raise err from exc
+            return self._reply(client, box["response"], started)
+
+        args = held(invoke)
+        args.pop("invoke")
+        try:
+            done = await self.runner.acall(invoke=invoke, **args)
+        except (BudgetExhausted, TierError) as exc:
+            return self._failed(step, tier, exc)
+        return self._settled(step, tier, done, box["response"])
+
+    @staticmethod
+    def _failed(step: _Step, tier: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, TierError):
+            log.warning("tier %r failed: %s", tier, exc)
+            step.failed.append(tier)
+        return exc
+
+    @staticmethod
+    def _settled(step: _Step, tier: str, done: Any, response: Any) -> Any:
+        c = done.completion
+        step.tiers_tried.append(tier)
+        step.input_tokens += c.input_tokens
+        step.output_tokens += c.output_tokens
+        step.cost += c.cost_usd
+        step.usage_missing = step.usage_missing or done.usage_missing
+        return response
+
+    def _order(self, selected: str) -> list[str]:
+        """Where to try the call: the selected tier, then (when it fails) the tiers above it,
+        then those below; after a budget refusal only cheaper tiers are tried."""
+        i = self.tiers.index(selected)
+        return [selected, *self.tiers[i + 1:], *reversed(self.tiers[:i])]
+
+    def _next_tier(self, tier: str, failed: Sequence[str] = ()) -> str | None:
         i = self.tiers.index(tier)
-        return self.tiers[i + 1] if i + 1 < len(self.tiers) else None
+        return next((t for t in self.tiers[i + 1:] if t not in failed), None)
 
-    def _should_escalate(self, step: _Step, call: _Call, message: AIMessage | None) -> tuple[bool, float | None, str]:
-        if message is None:
-            return False, None, "no AIMessage in the response"
-        conf, how = self.confidence(call.tier, message, step.features)
-        if not self.escalate or conf is None or conf >= self.threshold:
-            return False, conf, how
-        return self._next_tier(call.tier) is not None, conf, how
+    def _candidates(self, step: _Step) -> Iterator[str]:
+        """The tiers to try, in :meth:`_order`; after a budget refusal only tiers cheaper than
+        the refused one (a costlier call cannot fit either)."""
+        ceiling = len(self.tiers)
+        for tier in self._order(step.tier):
+            i = self.tiers.index(tier)
+            if i >= ceiling:
+                continue
+            yield tier
+            if step.last_refused:
+                ceiling, step.last_refused = min(ceiling, i), False
+
+    def _outcome(self, step: _Step, response: Any, refusal: BudgetExhausted | None, error: TierError | None) -> Any:
+        if response is not None:
+            return None
+        if error is not None and refusal is None:
+            raise error
+        assert refusal is not None
+        return self._refusal(step, refusal)
 
     # -- results ----------------------------------------------------------------------
     def _refusal(self, step: _Step, exc: BudgetExhausted) -> AIMessage:
@@ -404,8 +409,9 @@ class CostAwareMiddleware(AgentMiddleware):
 
         remaining = budget_remaining(self.ledger, step.thread_id, step.user_id)
         text = refusal_text(remaining, str(exc))
-        info = self._info(step, None, status="budget_exhausted", reason=str(exc))
+        info = self._info(step, None, status=Status.BUDGET_EXHAUSTED.value, reason=str(exc))
         info["remaining"] = remaining
+        info["budget_scope"] = exc.scope.kind
         return AIMessage(content=text, response_metadata={"effreason": info, "finish_reason": "budget_exhausted"},
                          usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
@@ -428,6 +434,7 @@ class CostAwareMiddleware(AgentMiddleware):
             "cost_usd": format_usd(step.cost),
             "status": status,
             "reason": reason or step.note,
+            "usage_missing": step.usage_missing,
             "thread_id": step.thread_id,
             "user_id": step.user_id,
         }
@@ -437,7 +444,7 @@ class CostAwareMiddleware(AgentMiddleware):
         if message is None:
             return response
         conf = confidence[0]
-        status = "low_confidence" if conf is not None and conf < self.threshold else "answered"
+        status = (Status.LOW_CONFIDENCE if conf is not None and conf < self.threshold else Status.ANSWERED).value
         model = (message.response_metadata or {}).get("model_name") or self.config.tiers[step.tiers_tried[-1]].model
         info = self._info(step, confidence, status=status, model=model)
         tagged = message.model_copy(update={"response_metadata": {**(message.response_metadata or {}),
@@ -447,69 +454,89 @@ class CostAwareMiddleware(AgentMiddleware):
     # -- the hooks ----------------------------------------------------------------------
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
         step = self._start(request)
-        call = self._reserve_first(step, request)
-        if isinstance(call, BudgetExhausted):
-            return self._refusal(step, call)
-        response = self._run(step, call, handler)
-        message = _last_ai(response)
-        escalate, conf, how = self._should_escalate(step, call, message)
-        if escalate:
-            nxt = self._reserve(step, request, self._next_tier(call.tier), ":escalated")  # type: ignore[arg-type]
-            if isinstance(nxt, BudgetExhausted):
-                step.note = f"not escalated: {nxt}"
+        response, refusal, error = None, None, None
+        for tier in self._candidates(step):
+            out = self._attempt(step, request, tier, handler)
+            if isinstance(out, BudgetExhausted):
+                refusal, step.last_refused = refusal or out, True
+            elif isinstance(out, TierError):
+                error = out
             else:
-                try:
-                    response2 = self._run(step, nxt, handler)
-                except Exception as exc:  # noqa: BLE001 - the first reply still stands
-                    log.warning("escalation to tier %r failed: %s", nxt.tier, exc)
-                    step.note = f"escalation to {nxt.tier} failed: {exc}"
-                else:
-                    response, (conf, how) = response2, self._conf_of(step, nxt, response2)
-        return self._finish(step, response, (conf, how))
+                response = out
+                break
+        if response is None:
+            return self._outcome(step, None, refusal, error)
+        step.note = self._fallback_note(step, refusal, error)
+        conf = self.confidence(step.tiers_tried[-1], _last_ai(response), step.features) if _last_ai(response) else (None, "no AIMessage in the response")
+        nxt = self._escalation(step, conf)
+        if nxt is not None:
+            try:
+                again = self._attempt(step, request, nxt, handler)
+            except Exception as exc:  # noqa: BLE001 - the first reply still stands
+                again = exc
+            response, conf = self._after_escalation(step, nxt, again, response, conf)
+        return self._finish(step, response, conf)
 
     async def awrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
         step = await asyncio.to_thread(self._start, request)
-        call = await asyncio.to_thread(self._reserve_first, step, request)
-        if isinstance(call, BudgetExhausted):
-            return await asyncio.to_thread(self._refusal, step, call)
-        response = await self._arun(step, call, handler)
-        message = _last_ai(response)
-        escalate, conf, how = self._should_escalate(step, call, message)
-        if escalate:
-            nxt = await asyncio.to_thread(self._reserve, step, request, self._next_tier(call.tier), ":escalated")  # type: ignore[arg-type]
-            if isinstance(nxt, BudgetExhausted):
-                step.note = f"not escalated: {nxt}"
+        response, refusal, error = None, None, None
+        for tier in self._candidates(step):
+            out = await self._aattempt(step, request, tier, handler)
+            if isinstance(out, BudgetExhausted):
+                refusal, step.last_refused = refusal or out, True
+            elif isinstance(out, TierError):
+                error = out
             else:
-                try:
-                    response2 = await self._arun(step, nxt, handler)
-                except Exception as exc:  # noqa: BLE001 - the first reply still stands
-                    log.warning("escalation to tier %r failed: %s", nxt.tier, exc)
-                    step.note = f"escalation to {nxt.tier} failed: {exc}"
-                else:
-                    response, (conf, how) = response2, self._conf_of(step, nxt, response2)
-        return self._finish(step, response, (conf, how))
+                response = out
+                break
+        if response is None:
+            return await asyncio.to_thread(self._outcome, step, None, refusal, error)
+        step.note = self._fallback_note(step, refusal, error)
+        conf = self.confidence(step.tiers_tried[-1], _last_ai(response), step.features) if _last_ai(response) else (None, "no AIMessage in the response")
+        nxt = self._escalation(step, conf)
+        if nxt is not None:
+            try:
+                again = await self._aattempt(step, request, nxt, handler)
+            except Exception as exc:  # noqa: BLE001 - the first reply still stands
+                again = exc
+            response, conf = self._after_escalation(step, nxt, again, response, conf)
+        return self._finish(step, response, conf)
 
-    def _conf_of(self, step: _Step, call: _Call, response: Any) -> tuple[float | None, str]:
-        message = _last_ai(response)
-        return (None, "no AIMessage in the response") if message is None else self.confidence(call.tier, message, step.features)
+    @staticmethod
+    def _fallback_note(step: _Step, refusal: BudgetExhausted | None, error: TierError | None) -> str | None:
+        used = step.tiers_tried[-1]
+        if used == step.tier:
+            return None
+        if refusal is not None:
+            return f"{step.tier} did not fit the budget ({refusal}); used {used}"
+        return f"{step.tier} failed ({error}); used {used}"
 
-    def _run(self, step: _Step, call: _Call, handler: Callable[[ModelRequest], Any]) -> Any:
-        try:
-            response = handler(call.request)
-        except BaseException:
-            self.ledger.release(call.key)
-            raise
-        self._commit(step, call, _last_ai(response))
-        return response
+    def _escalation(self, step: _Step, conf: tuple[float | None, str]) -> str | None:
+        """The tier to ask again on low confidence, or ``None``."""
+        if not self.escalate or conf[0] is None or conf[0] >= self.threshold:
+            return None
+        return self._next_tier(step.tiers_tried[-1], step.failed)
 
-    async def _arun(self, step: _Step, call: _Call, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
-        try:
-            response = await handler(call.request)
-        except BaseException:
-            self.ledger.release(call.key)
-            raise
-        await asyncio.to_thread(self._commit, step, call, _last_ai(response))
-        return response
+    def _after_escalation(self, step: _Step, tier: str, out: Any, response: Any,
+                          conf: tuple[float | None, str]) -> tuple[Any, tuple[float | None, str]]:
+        if isinstance(out, BudgetExhausted):
+            step.note = f"not escalated: {out}"
+            return response, conf
+        if isinstance(out, Exception):
+            log.warning("escalation to tier %r failed: %s", tier, out)
+            step.note = f"escalation to {tier} failed: {out}"
+            return response, conf
+        message = _last_ai(out)
+        return out, (self.confidence(tier, message, step.features) if message else (None, "no AIMessage in the response"))
+
+
+def _tier_failure(client: TierClient, exc: Exception) -> Exception:
+    """A :class:`TierError` (key redacted) for a provider failure the call can fall back from
+    (429, 5xx, timeout, unreachable, unreadable reply); any other exception unchanged."""
+    kind, why = error_kind(exc)
+    if kind not in TIER_DOWN_KINDS:
+        return exc
+    return client.error(f"{why} after {client.tier.max_retries} retries", kind)
 
 
 def _label(model: Any, tier: str, step: _Step) -> None:

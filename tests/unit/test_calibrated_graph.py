@@ -16,7 +16,7 @@ from effreason_agents.adapters.calibrator import CalibratorWarning, builtin_dir,
 from effreason_agents.config import default_config_data, config_from_data
 from effreason_agents.core.confidence import HEURISTIC_METHOD
 
-from test_graph import large_reply, make_graph, small_reply  # noqa: F401  (fixture)
+from helpers import large_reply, small_reply
 
 
 def artifact(*, tier: str = "small", strategy: str = "direct", weight: float = 1.0, intercept: float = 0.0,

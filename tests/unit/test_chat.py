@@ -272,7 +272,7 @@ def test_cli_chat_repl(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     res = runner.invoke(app, ["chat", "--thread", "t1", "--budget-usd", "0.005"], input="What is 2 + 3?\nAnd 3 + 4?\n/quit\n")
     assert res.exit_code == 0, res.output
     assert "thread t1" in res.output
-    assert "cost $0.004000 · 12 output tokens · thread remaining $0.0010 of $0.0050" in res.output
+    assert "cost $0.0040 · 12 output tokens · thread remaining $0.0010 of $0.0050" in res.output
     assert "This conversation has used its budget ($0.0040 of $0.0050; the $0.0010 left can't cover another answer)" in res.output
     res = runner.invoke(app, ["chat", "--thread", "t1"], input="/history\n")
     assert res.exit_code == 0, res.output

@@ -19,7 +19,7 @@ from effreason_agents.langchain.chat_model import ChatCostAware, messages_to_que
 from effreason_agents.config import Config
 from effreason_agents.errors import InvalidQuestionError
 
-from test_graph import EASY, large_reply, make_graph, small_reply  # noqa: F401  (fixture)
+from helpers import EASY, large_reply, small_reply, unreachable
 
 
 def model_for(h: Any, **kw: Any) -> ChatCostAware:
@@ -75,8 +75,6 @@ def test_outcome_logged_unless_log_false(make_graph: Any) -> None:
 
 
 def test_failed_request_still_answers_with_text(make_graph: Any) -> None:
-    from test_graph import unreachable
-
     h = make_graph(small=[unreachable()], large=[unreachable()])
     msg = model_for(h).invoke(EASY)
     assert msg.response_metadata["status"] == "failed"

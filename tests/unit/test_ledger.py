@@ -15,6 +15,7 @@ from effreason_agents.config import BudgetConfig, LimitConfig
 from effreason_agents.errors import EffReasonError
 from effreason_agents.adapters.ledger import (
     BudgetExhausted,
+    MIGRATIONS,
     BudgetLedger,
     LedgerError,
     Scope,
@@ -87,10 +88,12 @@ def test_usage_arithmetic_and_validation() -> None:
 
 def test_schema_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
+    names = [name for name, _ in MIGRATIONS]
+    assert names[:2] == ["0001_ledger", "0002_hold_expiry_and_result"]
     with BudgetLedger(path) as led:
-        assert led.applied_migrations() == ["0001_ledger"]
+        assert led.applied_migrations() == names
     with BudgetLedger(path) as led:  # reopening applies nothing twice
-        assert led.applied_migrations() == ["0001_ledger"]
+        assert led.applied_migrations() == names
     assert rows(path, "PRAGMA journal_mode")[0][0] == "wal"
 
 
@@ -183,7 +186,9 @@ def test_actual_above_worst_is_recorded_and_logged(ledger: BudgetLedger, caplog)
     ledger.reserve("a", [THREAD], Usage(micro_usd=1000))
     with caplog.at_level("WARNING", logger="effreason_agents.adapters.ledger"):
         ledger.commit("a", Usage(micro_usd=1200))
-    assert "exceeds" in caplog.text
+    [record] = caplog.records
+    assert record.levelname == "ERROR"  # a defect, not a normal path
+    assert "exceeds" in record.getMessage() and "tighten the bound" in record.getMessage()
     assert ledger.spent(THREAD) == Usage(micro_usd=1200)
     assert ledger.remaining(THREAD)["max_cost_usd"]["remaining"] == "0.008800"
 
@@ -219,14 +224,24 @@ def test_release_rules(ledger: BudgetLedger) -> None:
     ledger.release("k")  # no-op
     ledger.release("never-reserved")  # no-op, safe in cleanup code
     assert ledger.status("k") == "released"
-    with pytest.raises(LedgerError, match="released"):
-        ledger.commit("k", Usage(micro_usd=10))
     with pytest.raises(LedgerError, match="no reservation"):
         ledger.commit("unknown", Usage())
     assert ledger.spent(THREAD) == Usage()
     # a released key can be reserved afresh (e.g. a retry after a failed step)
     assert ledger.reserve("k", [THREAD], Usage(micro_usd=20)) == "reserved"
     assert ledger.reserved(THREAD) == Usage(micro_usd=20)
+
+
+def test_commit_after_release_records_the_billed_spend(ledger: BudgetLedger, caplog) -> None:
+    """The provider billed the call, so a settlement that arrives after its hold was freed
+    is recorded (and logged as an error), never refused."""
+    ledger.reserve("k", [THREAD], Usage(micro_usd=10))
+    ledger.release("k")
+    with caplog.at_level("ERROR", logger="effreason_agents.adapters.ledger"):
+        ledger.commit("k", Usage(micro_usd=8))
+    assert "released before it was settled" in caplog.text and "was released at" in caplog.text
+    assert ledger.status("k") == "committed"
+    assert ledger.spent(THREAD) == Usage(micro_usd=8) and ledger.reserved(THREAD) == Usage()
 
 
 # -- context manager and stale reservations --------------------------------

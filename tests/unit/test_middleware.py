@@ -24,7 +24,7 @@ from effreason_agents.adapters.ledger import Scope, from_micro, to_micro
 from effreason_agents.langchain.middleware import CostAwareMiddleware, DifficultySelector
 from effreason_agents.graph.nodes import Services
 
-from test_graph import EASY, ENVIRON, FakeTierClient, ScriptedChat
+from helpers import EASY, ENVIRON, FakeTierClient, ScriptedChat
 
 HARD = "Prove that the derivative of x^2 is 2x step by step, then explain why the integral of 2x is x^2."
 
@@ -306,6 +306,9 @@ def test_calibrators_replace_the_heuristic(harness: Any) -> None:
         def confidence(self, tier: str, strategy: str, signals: Any) -> tuple[float, str]:
             assert signals["answer_min_logprob"] == pytest.approx(math.log(0.2))
             return 0.9, "calibrated: test"
+
+        def find(self, tier: str, strategy: str) -> None:
+            return None  # no fitted threshold: the configured one applies
 
     h = harness(small=[reply("4", 0.2)], calibrators=Cal())
     i = info(h.ask(EASY))

@@ -1,11 +1,12 @@
-"""Replay: loading logged outcomes (RouteLLM wide CSV, the outcome store) and evaluating
-routing policies offline. Expected values are computed by hand (see test_metrics for
-the curves of the same weak/strong pair)."""
+"""Replay: loading logged outcomes (RouteLLM wide CSV, the outcome store) through the shared
+outcome readers with complete=True, and evaluating routing policies offline. Expected
+values are computed by hand (see test_metrics for the curves of the same weak/strong pair)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -16,13 +17,14 @@ import pytest
 from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import Config, config_from_data, default_config_data
 from effreason_agents.errors import EffReasonError
+from effreason_agents.adapters.store import AttemptRecord, BenchResult, BenchRun, OutcomeStore, RequestRecord
 from effreason_agents.evaluation.metrics import cost_accuracy_hull, two_arm_summary
+from effreason_agents.evaluation.outcomes import OutcomeDataError, OutcomeTable
 from effreason_agents.evaluation.replay import (
     TOKENS_LOGGED,
     TOKENS_NONE,
     TOKENS_O200K,
     ReplayError,
-    WideTable,
     load_store_table,
     load_wide_csv,
     replay,
@@ -99,6 +101,11 @@ def o200k(text: str) -> int:
     return len(get_encoding("o200k_base").encode(text))
 
 
+def labels(t: OutcomeTable) -> dict[str, list[bool]]:
+    """Each arm's labels as booleans; a missing or fractional label fails the lookup."""
+    return {a: [{1.0: True, 0.0: False}[v] for v in t.correct[:, j].tolist()] for j, a in enumerate(t.arms)}
+
+
 def assert_plain(x: Any) -> None:
     """Only JSON-plain Python types, no numpy scalars or Decimals."""
     if isinstance(x, dict):
@@ -117,15 +124,27 @@ def assert_plain(x: Any) -> None:
 
 def test_load_wide_csv(wide_csv: Path) -> None:
     t = load_wide_csv(wide_csv)
+    assert isinstance(t, OutcomeTable)
     assert t.prompts == PROMPTS
-    assert t.models == ["tiny-model", "gpt-4o-mini", "mystery-model"]
-    assert t.correct == {"tiny-model": WEAK, "gpt-4o-mini": STRONG, "mystery-model": MYSTERY}
+    assert t.arms == ["tiny-model", "gpt-4o-mini", "mystery-model"]
+    assert labels(t) == {"tiny-model": WEAK, "gpt-4o-mini": STRONG, "mystery-model": MYSTERY}
     assert t.responses["tiny-model"] == TINY_RESPONSES
     assert t.responses["gpt-4o-mini"] == [STRONG_RESPONSE] * 10
     assert "mystery-model" not in t.responses
+    # the responses' o200k token counts, counted once when the file is read
+    assert t.token_method == TOKENS_O200K
+    assert t.tokens is not None and t.tokens[:, 0].tolist() == TINY_TOKENS
+    assert t.tokens[:, 1].tolist() == [STRONG_TOKENS] * 10 and all(math.isnan(v) for v in t.tokens[:, 2])
+    assert t.cost is None and t.run_id is None and t.config_version is None
     assert t.source == str(wide_csv)
     assert any("category" in n for n in t.notes)
     assert any("1 repeated prompts dropped" in n and "11 (same as row 2)" in n for n in t.notes)
+
+
+def test_replay_refuses_tables_without_a_boolean_for_every_cell(tmp_path: Path) -> None:
+    t = OutcomeTable(["q1", "q2", "q3"], ["a", "b"], [[1.0, 0.0], [0.5, 1.0], [0.0, math.nan]], source="averaged")
+    with pytest.raises(ReplayError, match=r"averaged: replay needs a right-or-wrong label .*: a \(1 of 3\), b \(1 of 3\)"):
+        replay(t, "a", "b")
 
 
 def test_replay_wide_csv(wide_csv: Path, priced_config: Config) -> None:
@@ -247,13 +266,13 @@ def test_unknown_model_names_list_the_models(wide_csv: Path) -> None:
 
 def test_missing_prompt_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "noprompt.csv", ["question", "a", "b"], [["q", "True", "False"]])
-    with pytest.raises(ReplayError, match=r"noprompt\.csv: no 'prompt' column"):
+    with pytest.raises(ReplayError, match=r"noprompt\.csv: missing required columns: 'prompt' \(columns: 'question', 'a', 'b'\)"):
         load_wide_csv(path)
 
 
 def test_one_model_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "one.csv", ["prompt", "a", "a_response", "examples"], [["q", "True", "x", "e"]])
-    with pytest.raises(ReplayError, match=r"one\.csv: need at least two model columns.*found 'a'"):
+    with pytest.raises(ReplayError, match=r"one\.csv: need at least two model columns.*found 1: 'a'"):
         load_wide_csv(path)
 
 
@@ -261,11 +280,16 @@ def test_non_boolean_value_names_row_and_column(tmp_path: Path) -> None:
     rows = [[f"q{i}", "True", "False"] for i in range(5)]
     rows[2][2] = "maybe"
     path = write_csv(tmp_path / "maybe.csv", ["prompt", "a", "b"], rows)
-    with pytest.raises(ReplayError, match=r"maybe\.csv: row 3 \(line 4\), column 'b': 'maybe' is not a correctness value"):
+    with pytest.raises(ReplayError, match=r"maybe\.csv: row 3 \(line 4\), column 'b': 'maybe' is not a boolean"):
         load_wide_csv(path)
     rows[2][2] = ""
     path = write_csv(tmp_path / "blank.csv", ["prompt", "a", "b"], rows)
-    with pytest.raises(ReplayError, match=r"row 3 \(line 4\), column 'b': '' is not"):
+    with pytest.raises(ReplayError, match=r"row 3 \(line 4\), column 'b': '' is not a boolean .*the cell is empty"):
+        load_wide_csv(path)
+    # a score is a label for router training, but replay needs right or wrong
+    rows[2][2] = "0.75"
+    path = write_csv(tmp_path / "score.csv", ["prompt", "a", "b"], rows)
+    with pytest.raises(ReplayError, match=r"row 3 \(line 4\), column 'b': '0.75' is not a boolean .*scores are not accepted"):
         load_wide_csv(path)
 
 
@@ -288,74 +312,78 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
 
 # -- the outcome store --------------------------------------------------------------------
 
-SCHEMA = """
-CREATE TABLE bench_runs (run_id TEXT PRIMARY KEY, out_dir TEXT, suite TEXT, arms TEXT, config_version TEXT,
-                         created_at TEXT, meta TEXT);
-CREATE TABLE bench_results (run_id TEXT, item_id TEXT, arm TEXT, request_id TEXT, question TEXT, gold TEXT,
-                            answer_type TEXT, difficulty TEXT, predicted TEXT, correct INTEGER, input_tokens INTEGER,
-                            output_tokens INTEGER, cost_usd TEXT, latency_s REAL, attempts INTEGER, escalated INTEGER,
-                            large_calls INTEGER, created_at TEXT, PRIMARY KEY (run_id, item_id, arm));
-"""
-
-
-def add_result(conn: sqlite3.Connection, run: str, item: str, arm: str, question: str, correct: bool,
+def add_result(store: OutcomeStore, run: str, item: str, arm: str, question: str, correct: bool,
                tokens: tuple[int, int], cost: str, latency: float) -> None:
-    conn.execute(
-        "INSERT INTO bench_results VALUES (?, ?, ?, NULL, ?, '4', 'number', 'easy', '4', ?, ?, ?, ?, ?, 1, 0, ?, ?)",
-        (run, item, arm, question, int(correct), tokens[0], tokens[1], cost, latency,
-         int(arm.startswith("large")), f"2025-01-01T00:00:{len(item):02d}"),
-    )
+    rid = f"{run}-{item}-{arm}"
+    request = RequestRecord(request_id=rid, question=question, status="answered", graph_version="g",
+                            config_version=f"v-{run}", started_at="2025-01-01T00:00:00.000+00:00")
+    attempt = AttemptRecord(attempt_id=f"{rid}-a0", request_id=rid, index=0, arm=arm, tier=arm.split(":")[0],
+                            model="m", engine="embedded", strategy="direct", max_tokens=64,
+                            output_tokens=tokens[1], cost_usd=cost)
+    bench = BenchResult(run_id=run, item_id=item, arm=arm, request_id=rid, question=question, gold="4",
+                        answer_type="number", difficulty="easy", predicted="4", correct=correct,
+                        input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost, latency_s=latency,
+                        large_calls=int(arm.startswith("large")))
+    store.record(request, [attempt], bench)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "outcomes.sqlite"
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA)
-    conn.execute("INSERT INTO bench_runs VALUES ('old', 'out/a', 'arithmetic', ?, 'v-old', '2024-01-01T00:00:00', '{}')",
-                 (json.dumps(["small:direct", "small:cot"]),))
-    conn.execute("INSERT INTO bench_runs VALUES ('new', 'out/b', 'builtin', ?, 'v-new', '2025-01-01T00:00:00', '{}')",
-                 (json.dumps(["small:direct", "large:cot", "graph"]),))
-    for i, (w, s) in enumerate([(True, True), (False, True), (False, True), (True, False)]):
-        q = f"What is {i} + {i}?"
-        add_result(conn, "new", f"i{i}", "small:direct", q, w, (20, 3), "0", 0.1 * (i + 1))
-        add_result(conn, "new", f"i{i}", "large:cot", q, s, (30, 50), "0.0000345", 1.0 + i)
-        add_result(conn, "new", f"i{i}", "graph", q, True, (50, 53), "0.0000345", 2.0)
-        add_result(conn, "old", f"i{i}", "small:direct", q, w, (20, 3), "0", 0.1)
-        add_result(conn, "old", f"i{i}", "small:cot", q, not w, (20, 40), "0", 0.5)
-    add_result(conn, "new", "i9", "small:direct", "unfinished", True, (20, 3), "0", 0.1)  # no large:cot result yet
-    conn.commit()
-    conn.close()
+    with OutcomeStore(path) as st:
+        st.open_bench_run(BenchRun(run_id="old", out_dir="out/a", suite="arithmetic", config_version="v-old",
+                                   arms=["small:direct", "small:cot"], created_at="2024-01-01T00:00:00"))
+        st.open_bench_run(BenchRun(run_id="new", out_dir="out/b", suite="builtin", config_version="v-new",
+                                   arms=["small:direct", "large:cot", "graph"], created_at="2025-01-01T00:00:00"))
+        for i, (w, s) in enumerate([(True, True), (False, True), (False, True), (True, False)]):
+            q = f"What is {i} + {i}?"
+            add_result(st, "new", f"i{i}", "small:direct", q, w, (20, 3), "0", 0.1 * (i + 1))
+            add_result(st, "new", f"i{i}", "large:cot", q, s, (30, 50), "0.0000345", 1.0 + i)
+            add_result(st, "new", f"i{i}", "graph", q, True, (50, 53), "0.0000345", 2.0)
+            add_result(st, "old", f"i{i}", "small:direct", q, w, (20, 3), "0", 0.1)
+            add_result(st, "old", f"i{i}", "small:cot", q, not w, (20, 40), "0", 0.5)
+        add_result(st, "new", "i9", "small:direct", "unfinished", True, (20, 3), "0", 0.1)  # no large:cot result yet
     return path
 
 
 def test_load_store_table_newest_run(store: Path) -> None:
+    before = store.read_bytes()
     t = load_store_table(store)
-    assert isinstance(t, WideTable)
+    assert isinstance(t, OutcomeTable)
     assert t.run_id == "new" and t.config_version == "v-new"
-    assert t.models == ["small:direct", "large:cot"]  # the graph is not a model
+    assert t.arms == ["small:direct", "large:cot"]  # the graph is not a model
     assert t.prompts == [f"What is {i} + {i}?" for i in range(4)]
-    assert t.correct == {"small:direct": [True, False, False, True], "large:cot": [True, True, True, False]}
-    assert t.output_tokens["large:cot"] == [50] * 4 and t.input_tokens["small:direct"] == [20] * 4
-    assert t.cost_usd["large:cot"] == [Decimal("0.0000345")] * 4
+    assert labels(t) == {"small:direct": [True, False, False, True], "large:cot": [True, True, True, False]}
+    assert t.tokens is not None and t.tokens[:, 1].tolist() == [50] * 4 and t.token_method == TOKENS_LOGGED
+    assert t.input_tokens is not None and t.input_tokens[:, 0].tolist() == [20] * 4
+    assert t.latency_s is not None and t.latency_s[:, 1].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert t.costs_decimal("large:cot") == [Decimal("0.0000345")] * 4
     assert t.responses == {}
     assert "run new" in t.source and "builtin" in t.source
     assert any("1 items without a result for every arm" in n for n in t.notes)
-    # the file is untouched (opened read-only)
-    assert not Path(str(store) + "-wal").exists()
+    # the file is untouched (opened read-only): same bytes, and nothing written to the
+    # write-ahead log (a WAL reader may create an empty one)
+    assert store.read_bytes() == before
+    wal = Path(str(store) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
 
 
 def test_load_store_table_by_run_id_and_errors(store: Path, tmp_path: Path) -> None:
     old = load_store_table(store, run_id="old")
-    assert old.models == ["small:direct", "small:cot"] and old.config_version == "v-old"
-    with pytest.raises(ReplayError, match="no benchmark run 'nope'.*new, old"):
+    assert old.arms == ["small:direct", "small:cot"] and old.config_version == "v-old"
+    with pytest.raises(ReplayError, match=r"no benchmark run 'nope' \(runs: old, new\)"):
         load_store_table(store, run_id="nope")
     with pytest.raises(ReplayError, match="no outcome store"):
         load_store_table(tmp_path / "absent.sqlite")
     bare = tmp_path / "bare.sqlite"
     sqlite3.connect(bare).close()
-    with pytest.raises(ReplayError, match="no benchmark results yet"):
+    with pytest.raises(ReplayError, match=r"bare\.sqlite.*lacks migrations"):
         load_store_table(bare)
+    empty = tmp_path / "empty.sqlite"
+    OutcomeStore(empty).close()
+    with pytest.raises(ReplayError, match=r"empty\.sqlite: no benchmark runs; run `effreason bench` first"):
+        load_store_table(empty)
+    assert ReplayError is OutcomeDataError
 
 
 def test_replay_store_table(store: Path, priced_config: Config) -> None:

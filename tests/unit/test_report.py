@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from effreason_agents.errors import EffReasonError
-from effreason_agents.evaluation.report import ReportError, format_usd, pareto_front, render_report, write_report
+from effreason_agents.core.money import format_usd
+from effreason_agents.evaluation.report import ReportError, pareto_front, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -136,7 +137,8 @@ def test_report_md_contents(tmp_path: Path) -> None:
         assert name in md
     for acc in ("55.0%", "45.0%", "85.0%", "95.0%", "90.0%", "97.0%", "70.0%"):
         assert acc in md
-    assert "$0.000123" in md and "$0.000456" in md and "$0.0000612" in md
+    # dollars by the one formatter (core.money.format_usd(symbol=True)): micro-dollar resolution
+    assert "$0.000123" in md and "$0.000456" in md and "$0.000061" in md
     assert "35.0%" in md and "30.0%" in md  # escalation rate, large-tier call share
     # the routing table: APGR and CPT as a share of strong calls, — when never reached
     assert "| policy | APGR | CPT(50%) | CPT(80%) |" in md
@@ -355,9 +357,9 @@ def test_pareto_front_edge_cases() -> None:
         (0, "$0"),
         (0.0, "$0"),
         (0.000123, "$0.000123"),
-        (0.0000612, "$0.0000612"),
+        (0.0000612, "$0.000061"),
         (0.0123, "$0.0123"),
-        (0.5, "$0.50"),
+        (0.5, "$0.5000"),
         (1.5, "$1.50"),
         (1234.5, "$1,234.50"),
         (Decimal("0.00042"), "$0.00042"),
@@ -365,5 +367,9 @@ def test_pareto_front_edge_cases() -> None:
         (float("nan"), "—"),
     ],
 )
-def test_format_usd(value: Any, text: str) -> None:
-    assert format_usd(value) == text
+def test_report_dollars_use_the_one_formatter(value: Any, text: str) -> None:
+    """The report shows dollars as core.money.format_usd(symbol=True) does (it has no formatter of its own)."""
+    import effreason_agents.evaluation.report as report
+
+    assert format_usd(value, symbol=True) == text
+    assert report.format_usd is format_usd and "format_usd" not in report.__all__

@@ -15,7 +15,7 @@ from effreason_agents.errors import InvalidQuestionError
 from effreason_agents.adapters.ledger import Scope
 from effreason_agents.graph.state import ReasoningState
 
-from test_graph import large_reply, make_graph, small_reply  # noqa: F401  (fixture)
+from helpers import large_reply, small_reply
 
 
 def test_the_contract_names_real_state_keys() -> None:

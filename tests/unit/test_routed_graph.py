@@ -12,7 +12,7 @@ import pytest
 from router_training.models import fit_router
 from router_training.table import OutcomeTable
 
-from test_graph import large_reply, make_graph, small_reply  # noqa: F401  (fixture)
+from helpers import large_reply, small_reply
 
 DATE_Q = "What date is 3 days after 2024-03-06?"
 

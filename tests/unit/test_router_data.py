@@ -1,10 +1,12 @@
-"""Router training data: the three formats (store, long, wide) loaded into an OutcomeTable,
-de-duplication, label parsing and every bad-input error (file, column, row)."""
+"""Outcome readers (effreason_agents.evaluation.outcomes), as router training uses them: the
+three formats (store, long, wide) loaded into an OutcomeTable, de-duplication, label parsing
+and every bad-input error (file, column, row)."""
 
 from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,18 @@ import pytest
 
 from effreason_agents.errors import EffReasonError
 from effreason_agents.adapters.store import AttemptRecord, BenchResult, BenchRun, OutcomeStore, RequestRecord
-from router_training.data import (
-    RouterDataError,
+from effreason_agents.evaluation.outcomes import (
+    OutcomeDataError,
+    OutcomeTable,
     infer_format,
+    load_store,
     load_table,
+    load_wide,
     parse_bool,
     select_arms,
 )
-from router_training.table import OutcomeTable
+
+RouterDataError = OutcomeDataError
 
 nan = math.nan
 
@@ -53,7 +59,18 @@ def test_parse_bool_rejects(raw: object) -> None:
 
 
 def test_error_class() -> None:
-    assert issubclass(RouterDataError, EffReasonError) and issubclass(RouterDataError, ValueError)
+    assert issubclass(OutcomeDataError, EffReasonError) and issubclass(OutcomeDataError, ValueError)
+
+
+def test_router_training_uses_the_shared_readers_and_table() -> None:
+    import router_training.data as data
+    import router_training.table as table
+    from effreason_agents.evaluation import outcomes
+
+    assert table.OutcomeTable is outcomes.OutcomeTable
+    assert data.RouterDataError is outcomes.OutcomeDataError
+    for name in ("load_table", "load_long", "load_wide", "load_store", "select_arms", "infer_format", "parse_bool"):
+        assert getattr(data, name) is getattr(outcomes, name)
 
 
 # -- wide -------------------------------------------------------------------------------
@@ -107,7 +124,7 @@ def test_wide_arm_selection_orders_and_errors(tmp_path: Path) -> None:
     assert any("left out" in n for n in t.notes)
     with pytest.raises(RouterDataError, match=r"unknown arm 'zz'; available arms: a, b, c"):
         load_table(path, arms=["a", "zz"])
-    with pytest.raises(RouterDataError, match="a router needs at least two arms"):
+    with pytest.raises(RouterDataError, match=r"need at least two arms; found 1 \('a'\)"):
         load_table(path, arms=["a"])
 
 
@@ -116,27 +133,64 @@ def test_wide_bad_label_names_file_row_column(tmp_path: Path) -> None:
     with pytest.raises(RouterDataError) as e:
         load_table(path)
     msg = str(e.value)
-    assert str(path) in msg and "row 4, column 'a': 'maybe' is not a boolean (true/false/1/0/yes/no)" in msg
+    assert str(path) in msg and "row 3 (line 4), column 'a': 'maybe' is not a boolean (true/false/1/0/yes/no)" in msg
 
 
 def test_wide_score_out_of_range(tmp_path: Path) -> None:
     path = write(tmp_path / "w.csv", "prompt,a,b\nq1,0.5,1\nq2,1.5,0\nq3,0.2,1\n")
-    with pytest.raises(RouterDataError, match=r"row 3, column 'a': '1.5' is not a boolean .* or a score in \[0, 1\]"):
+    with pytest.raises(RouterDataError, match=r"row 2 \(line 3\), column 'a': '1.5' is not a boolean .* or a score in \[0, 1\]"):
         load_table(path)
 
 
 def test_wide_empty_prompt_and_missing_prompt_column(tmp_path: Path) -> None:
-    with pytest.raises(RouterDataError, match=r"w.csv: row 3, column 'prompt': the prompt is empty"):
+    with pytest.raises(RouterDataError, match=r"w.csv: row 2 \(line 3\), column 'prompt': the prompt is empty"):
         load_table(write(tmp_path / "w.csv", "prompt,a,b\nq1,1,0\n   ,1,0\n"))
     with pytest.raises(RouterDataError, match=r"missing required columns: 'prompt' \(columns: 'question', 'a', 'b'\)"):
         load_table(write(tmp_path / "x.csv", "question,a,b\nq1,1,0\n"))
 
 
 def test_wide_single_arm_and_no_rows(tmp_path: Path) -> None:
-    with pytest.raises(RouterDataError, match="a router needs at least two arms; found 1 model column .*'a'"):
+    with pytest.raises(RouterDataError, match=r"need at least two model columns .*; found 1: 'a' \(columns: 'prompt', 'a'\)"):
         load_table(write(tmp_path / "one.csv", "prompt,a\nq1,True\n"))
     with pytest.raises(RouterDataError, match="no data rows"):
         load_table(write(tmp_path / "head.csv", "prompt,a,b\n"))
+
+
+def test_wide_complete_keeps_the_first_row_and_the_responses(tmp_path: Path) -> None:
+    path = write(tmp_path / "w.csv", "prompt,a,b,a_response\nq1,True,False,x y\n q1 ,False,False,z\nq2,1,0,\n")
+    averaged = load_wide(path)
+    assert same(averaged.correct, [[0.5, 0], [1, 0]])
+    t = load_wide(path, complete=True)
+    assert t.prompts == ["q1", "q2"] and same(t.correct, [[1, 0], [1, 0]])
+    assert t.responses == {"a": ["x y", None]}
+    assert t.tokens is not None and t.tokens[0, 0] > 0 and np.isnan(t.tokens[1, 0]) and np.isnan(t.tokens[:, 1]).all()
+    assert t.token_method is not None and any(t.token_method in n for n in t.notes)
+    assert any("1 repeated prompts dropped, keeping the first occurrence: rows 2 (same as row 1)" in n for n in t.notes)
+    # without complete, an empty cell is a missing result; with it, an error naming row and column
+    gap = write(tmp_path / "gap.csv", "prompt,a,b\nq1,1,0\nq2,,1\n")
+    assert same(load_wide(gap).correct, [[1, 0], [nan, 1]])
+    with pytest.raises(RouterDataError, match=r"gap.csv: row 2 \(line 3\), column 'a': '' is not a boolean"):
+        load_wide(gap, complete=True)
+
+
+def test_table_checks_and_subsets_keep_every_field() -> None:
+    kw = dict(cost=[[0.1, 0.2], [0.3, 0.4]], tokens=[[1, 2], [3, 4]], input_tokens=[[5, 6], [7, 8]],
+              latency_s=[[0.5, 1.5], [2.5, 3.5]], responses={"b": ["r0", None]}, token_method="m", run_id="r",
+              config_version="v")
+    t = OutcomeTable(["p0", "p1"], ["a", "b"], [[1, 0], [0, 1]], source="s", **kw)  # type: ignore[arg-type]
+    s = t.subset([1])
+    assert s.prompts == ["p1"] and s.responses == {"b": [None]} and same(s.latency_s, [[2.5, 3.5]])
+    assert (s.token_method, s.run_id, s.config_version) == ("m", "r", "v")
+    swapped = select_arms(t, ["b", "a"])
+    assert swapped.arms == ["b", "a"] and same(swapped.input_tokens, [[6, 5], [8, 7]])
+    assert swapped.responses == {"b": ["r0", None]}
+    assert t.costs_decimal("b") == [Decimal("0.2"), Decimal("0.4")]
+    with pytest.raises(ValueError, match="responses of 'c'"):
+        OutcomeTable(["p0"], ["a", "b"], [[1, 0]], responses={"c": ["x"]})
+    with pytest.raises(ValueError, match="responses of 'a' has 2 entries, expected 1"):
+        OutcomeTable(["p0"], ["a", "b"], [[1, 0]], responses={"a": ["x", "y"]})
+    with pytest.raises(ValueError, match=r"latency_s has shape \(1, 1\)"):
+        OutcomeTable(["p0"], ["a", "b"], [[1, 0]], latency_s=[[1.0]])
 
 
 # -- long -------------------------------------------------------------------------------
@@ -184,10 +238,10 @@ def test_long_csv_error_rows_are_line_numbers(tmp_path: Path) -> None:
     path = write(tmp_path / "o.csv", "\n".join(rows) + "\n")
     with pytest.raises(RouterDataError) as e:
         load_table(path)
-    assert str(e.value) == f"{path}: row 7, column 'correct': 'maybe' is not a boolean (true/false/1/0/yes/no)"
-    # a quoted prompt spanning two lines: the next record starts on line 4
+    assert str(e.value) == f"{path}: row 6 (line 7), column 'correct': 'maybe' is not a boolean (true/false/1/0/yes/no)"
+    # a quoted prompt on lines 3-4: the record after it is row 3, on line 5
     path2 = write(tmp_path / "o2.csv", 'prompt,arm,correct\nq1,a,1\n"multi\nline",a,1\nq3,b,perhaps\n')
-    with pytest.raises(RouterDataError, match=r"row 5, column 'correct': 'perhaps'"):
+    with pytest.raises(RouterDataError, match=r"row 3 \(line 5\), column 'correct': 'perhaps'"):
         load_table(path2)
 
 
@@ -232,7 +286,7 @@ def test_long_bad_json_line_and_single_arm(tmp_path: Path) -> None:
         load_table(jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "arm": "a", "correct": 1}, "{oops"]))
     with pytest.raises(RouterDataError, match=r"row 1: expected a JSON object"):
         load_table(jsonl(tmp_path / "b.jsonl", ["[1, 2]"]))
-    with pytest.raises(RouterDataError, match=r"a router needs at least two arms; found 1 \('a'\)"):
+    with pytest.raises(RouterDataError, match=r"need at least two arms; found 1 \('a'\)"):
         load_table(jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "arm": "a", "correct": 1},
                                                 {"prompt": "r", "arm": "a", "correct": 0}]))
 
@@ -344,6 +398,18 @@ def test_store_errors(store_path: Path, tmp_path: Path) -> None:
     junk = write(tmp_path / "junk.sqlite", "not a database at all")
     with pytest.raises(RouterDataError, match="junk.sqlite"):
         load_table(junk)
+
+
+def test_store_newest_run_and_complete(store_path: Path) -> None:
+    newest = load_store(store_path, latest=True)
+    assert newest.run_id == "r2" and newest.config_version == "v" and "run r2, suite builtin" in newest.source
+    assert newest.arms == ["small:direct", "large:cot"] and newest.prompts == ["What is 0 + 0?"]
+    assert same(newest.correct, [[0, 1]]) and same(newest.tokens, [[5, 40]]) and newest.token_method == "logged usage"
+    assert newest.costs_decimal("large:cot") == [Decimal("0.0004")]
+    # complete: the first result of a (question, arm) stands instead of the average
+    first = load_store(store_path, complete=True)
+    assert same(first.correct, [[1, 1], [0, 1], [0, 0]]) and first.run_id is None
+    assert any("2 results repeating an earlier question" in n for n in first.notes)
 
 
 def test_select_arms_keeps_cost_and_tokens(store_path: Path) -> None:

@@ -238,6 +238,7 @@ def usage_reply(content: str, inp: int, out: int, finish: str, logprob_token: st
 
 class ScriptedChat(BaseChatModel):
     client: Any
+    defaults: dict[str, Any] = {}
 
     @property
     def _llm_type(self) -> str:
@@ -245,6 +246,7 @@ class ScriptedChat(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any) -> ChatResult:
         self.client.calls.append(list(messages))
+        self.client.settings.append({**self.defaults, **kw, "stop": stop if stop is not None else self.defaults.get("stop")})
         return ChatResult(generations=[ChatGeneration(message=self.client.script.pop(0))])
 
 
@@ -256,8 +258,7 @@ class ScriptedTierClient(TierClient):
         self.settings: list[dict[str, Any]] = []
 
     def chat_model(self, **kwargs: Any) -> ScriptedChat:
-        self.settings.append(kwargs)
-        return ScriptedChat(client=self)
+        return ScriptedChat(client=self, defaults=kwargs)
 
 
 QUESTION = [SystemMessage("Think, then answer after ####."), HumanMessage("What is 6 * 7?")]

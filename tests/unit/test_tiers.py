@@ -23,8 +23,8 @@ from effreason_agents.errors import TierError
 from effreason_agents.adapters.tiers import (
     TierClient,
     TokenLogprob,
-    _error_kind,
-    _parse_logprobs,
+    error_kind,
+    parse_logprobs,
     clients_for,
     cost_usd,
     estimate_tokens,
@@ -106,7 +106,7 @@ def test_parse_openai_logprobs() -> None:
             {"token": "2", "logprob": -0.5, "top_logprobs": None},
         ]
     }
-    assert _parse_logprobs(raw) == [
+    assert parse_logprobs(raw) == [
         TokenLogprob(" 4", -0.25, [(" 4", -0.25), (" 5", -1.75)]),
         TokenLogprob("2", -0.5, []),
     ]
@@ -114,7 +114,7 @@ def test_parse_openai_logprobs() -> None:
 
 @pytest.mark.parametrize("raw", [None, {}, {"content": None}, {"content": []}])
 def test_parse_missing_logprobs(raw: Any) -> None:
-    assert _parse_logprobs(raw) is None
+    assert parse_logprobs(raw) is None
 
 
 def test_token_logprob_json() -> None:
@@ -141,7 +141,7 @@ def _status_error(cls: type[openai.APIStatusError], status: int) -> openai.APISt
     ],
 )
 def test_error_kind(exc: BaseException, kind: str) -> None:
-    assert _error_kind(exc)[0] == kind
+    assert error_kind(exc)[0] == kind
 
 
 def test_estimate_tokens() -> None:

@@ -157,7 +157,7 @@ def test_confidence_is_clamped() -> None:
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from effreason_agents.adapters.tiers import _parse_logprobs  # noqa: E402
+from effreason_agents.adapters.tiers import parse_logprobs  # noqa: E402
 from effreason_agents.core.confidence import (  # noqa: E402
     QUESTION_SIGNALS,
     available_signals,
@@ -181,7 +181,7 @@ def test_signals_from_recorded_payloads(fixture: str, answer: str, method: str) 
     raw = json.loads((DATA / fixture).read_text())
     choice = raw["choices"][0]
     content = choice["logprobs"]["content"]
-    toks = _parse_logprobs(choice["logprobs"])
+    toks = parse_logprobs(choice["logprobs"])
     assert toks is not None and len(toks) == len(content)
     text = "".join(t.token for t in toks)
     parsed = parse_answer(text)
