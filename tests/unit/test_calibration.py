@@ -308,3 +308,27 @@ def test_threshold_curve_and_pick():
 
     default = threshold_curve(p, small, large, cs, cl)
     assert len(default) == 101 and default[0]["threshold"] == 0.0 and default[-1]["threshold"] == 1.0
+
+
+def test_one_sigmoid_for_floats_and_arrays() -> None:
+    import effreason_agents.adapters.calibrator as runtime
+    import effreason_agents.adapters.router as router
+    import router_training.calibration as fitting
+    from effreason_agents.core.numeric import sigmoid
+
+    assert sigmoid(0) == 0.5 and type(sigmoid(0.0)) is float and type(sigmoid(np.float64(1.0))) is float
+    assert sigmoid(2.0) == pytest.approx(1 / (1 + math.exp(-2.0)), rel=1e-15)
+    assert sigmoid(800.0) == 1.0 and sigmoid(-800.0) == 0.0  # no OverflowError
+    assert sigmoid(-40.0) == pytest.approx(math.exp(-40.0), rel=1e-12)  # tiny tails are kept, not rounded to 0
+    assert math.isnan(sigmoid(math.nan))
+    x = np.array([[-1000.0, -2.0, 0.0], [2.0, 1000.0, 40.0]])
+    with np.errstate(over="raise", invalid="raise"):  # no overflow in either tail
+        y = sigmoid(x)
+    assert y.shape == x.shape and y.dtype == np.float64
+    assert y[0, 1] + y[1, 0] == pytest.approx(1.0) and y[0, 2] == 0.5
+    assert (y[0, 0], y[1, 1]) == (0.0, 1.0)
+    assert np.array_equal(y, np.array([[sigmoid(float(v)) for v in row] for row in x]))
+    assert math.isnan(sigmoid(np.array([math.nan]))[0])
+    # the router, the run-time calibrator and the fitter all use this one function
+    assert router.sigmoid is runtime.sigmoid is fitting.sigmoid is sigmoid
+    assert not any(hasattr(m, "_sigmoid") for m in (router, runtime, fitting))

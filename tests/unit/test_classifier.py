@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from effreason_agents.core.features import classify_difficulty, difficulty_features, difficulty_score, question_type
+import math
+
+import numpy as np
+
+from effreason_agents.core.features import (
+    QUESTION_FEATURES,
+    QUESTION_TYPES,
+    classify_difficulty,
+    difficulty_features,
+    difficulty_score,
+    question_type,
+    question_vector,
+)
 
 WORD_PROBLEM = (
     "Janet has 16 eggs every day. She eats 3 for breakfast and bakes muffins with 4 more each day. "
@@ -76,3 +88,35 @@ def test_score_grows_with_hard_words_and_steps() -> None:
 )
 def test_question_type(question: str, kind: str) -> None:
     assert question_type(question) == kind
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["What is 2 + 3?", "Which is correct? A) red B) blue C) green", "Which is larger, 9.11 or 9.9?",
+     "Is the sky blue?", WORD_PROBLEM, "What is the capital of France?"],
+)
+def test_question_vector_is_counts_score_and_type(question: str) -> None:
+    _, f = classify_difficulty(question)
+    assert f["type"] in QUESTION_TYPES
+    v = question_vector(question)
+    assert v.shape == (len(QUESTION_FEATURES),) == (15,) and v.dtype == np.float64
+    named = dict(zip(QUESTION_FEATURES, v.tolist()))
+    for k in ("chars", "words", "numbers", "max_number_digits", "operators", "multi_step_words", "hard_words",
+              "sentences"):
+        assert named[k] == pytest.approx(math.log1p(f[k]))
+    assert named["score"] == f["score"]
+    assert [t for t in QUESTION_TYPES if named[f"type={t}"] == 1.0] == [f["type"]]
+    assert sum(named[f"type={t}"] for t in QUESTION_TYPES) == 1.0
+    # the classifier's features give the same vector without classifying again
+    assert np.array_equal(question_vector(f), v)
+
+
+def test_every_user_of_question_types_shares_the_one_list() -> None:
+    from effreason_agents.adapters.router import HAND_FEATURES
+    from effreason_agents.core import confidence
+    from effreason_agents.engine.estimator import REGRESSOR_FEATURES
+
+    assert HAND_FEATURES == QUESTION_FEATURES
+    assert confidence.QUESTION_TYPES is QUESTION_TYPES
+    assert [s for s in confidence.QUESTION_SIGNALS if s.startswith("qtype_")] == [f"qtype_{t}" for t in QUESTION_TYPES]
+    assert REGRESSOR_FEATURES[-len(QUESTION_TYPES):] == tuple(f"type={t}" for t in QUESTION_TYPES)

@@ -773,3 +773,21 @@ def test_answer_key_keeps_different_answers_apart() -> None:
 
     assert len({answer_key(x) for x in ("5", "6", "yes", "no", "2024-03-06", "2024-03-07", "b", "c")}) == 8
     assert answer_key(None) is None and answer_key("  ") is None
+
+
+def test_answer_normalisation_lives_in_core_and_run_time_code_never_imports_evaluation() -> None:
+    import effreason_agents.core.answers as answers
+    import effreason_agents.evaluation.tasks as tasks
+
+    for name in ("answer_key", "canonical_number", "parse_date", "parse_number"):
+        assert getattr(tasks, name) is getattr(answers, name)
+    code = (
+        "import sys\n"
+        "import effreason_agents.engine.sampling, effreason_agents.engine.estimator, effreason_agents.engine.policy\n"
+        "import effreason_agents.adapters.router, effreason_agents.adapters.calibrator\n"
+        "import effreason_agents.core.answers, effreason_agents.core.confidence, effreason_agents.core.features\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('effreason_agents.evaluation', 'router_training')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
