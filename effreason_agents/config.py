@@ -32,6 +32,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from effreason_agents.errors import ConfigError
 
+__all__ = [
+    "ArmConfig",
+    "BudgetConfig",
+    "Capabilities",
+    "Config",
+    "DEFAULT_CONFIDENCE_THRESHOLD",
+    "DEFAULT_CONFIG_FILENAME",
+    "DEFAULT_LARGE_MODEL",
+    "Difficulty",
+    "EmbeddedConfig",
+    "Engine",
+    "EscalationConfig",
+    "LimitConfig",
+    "OPENAI_DEFAULT_BASE_URL",
+    "ReasoningEffort",
+    "RouterConfig",
+    "SamplePrompt",
+    "StoreConfig",
+    "StrategyConfig",
+    "StrategyKind",
+    "TierConfig",
+    "catalogue_prices",
+    "config_from_data",
+    "default_config_data",
+    "find_config_file",
+    "load_config",
+]
+
 Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
 StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot", "sc"]
 SamplePrompt = Literal["direct", "cod", "cot", "concise-cot"]

@@ -13,6 +13,18 @@ if TYPE_CHECKING:
 
     from effreason_agents.core.records import Scope
 
+__all__ = [
+    "BudgetExhausted",
+    "ConfigError",
+    "EffReasonError",
+    "EmbeddedServerError",
+    "EngineUnavailableError",
+    "InvalidQuestionError",
+    "LedgerError",
+    "StoreError",
+    "TierError",
+]
+
 
 class EffReasonError(Exception):
     """Base class of every error raised by effreason-agents."""

@@ -40,6 +40,7 @@ import numpy as np
 
 from effreason_agents.adapters.calibrator import CalibratorError
 from effreason_agents.core.features import classify_difficulty
+from effreason_agents.core.money import format_usd
 from effreason_agents.config import ArmConfig, Config
 from effreason_agents.errors import ConfigError
 from effreason_agents.adapters.store import OutcomeStore
@@ -353,20 +354,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines += ["", f"Threshold {sec['threshold']:.2f} (target: "
                       f"{sec['target_text']}; chosen on the training items). "
                       f"Cascade to `{cas['strong_arm']}` on {cas['n']} held-out items:", "",
-                      "| policy | escalation rate | accuracy | mean cost (USD) | mean output tokens |",
+                      "| policy | escalation rate | accuracy | mean cost | mean output tokens |",
                       "|---|---|---|---|---|",
                       f"| always `{sec['arm']}` | 0% | {_f(cas['always_small']['accuracy'], 2)} | "
-                      f"{cas['always_small']['cost']:.6f} | {_f(cas['always_small']['output_tokens'], 1)} |",
+                      f"{format_usd(cas['always_small']['cost'], symbol=True)} | {_f(cas['always_small']['output_tokens'], 1)} |",
                       f"| cascade at {sec['threshold']:.2f} | {at['escalation_rate']:.0%} | {_f(at['accuracy'], 2)} | "
-                      f"{at['cost']:.6f} | {_f(at['output_tokens'], 1)} |",
+                      f"{format_usd(at['cost'], symbol=True)} | {_f(at['output_tokens'], 1)} |",
                       f"| always `{cas['strong_arm']}` | 100% | {_f(cas['always_strong']['accuracy'], 2)} | "
-                      f"{cas['always_strong']['cost']:.6f} | {_f(cas['always_strong']['output_tokens'], 1)} |",
+                      f"{format_usd(cas['always_strong']['cost'], symbol=True)} | {_f(cas['always_strong']['output_tokens'], 1)} |",
                       "", "Trade-off (held-out): threshold → escalation rate, accuracy, cost", "",
-                      "| threshold | escalation rate | accuracy | mean cost (USD) | mean output tokens |",
+                      "| threshold | escalation rate | accuracy | mean cost | mean output tokens |",
                       "|---|---|---|---|---|"]
             for pt in cas["curve"]:
                 lines.append(f"| {pt['threshold']:.1f} | {pt['escalation_rate']:.0%} | {pt['accuracy']:.2f} | "
-                             f"{pt['cost']:.6f} | {pt['output_tokens']:.1f} |")
+                             f"{format_usd(pt['cost'], symbol=True)} | {pt['output_tokens']:.1f} |")
         lines += ["", f"Artifact: `{sec['artifact']}`"]
     lines += ["", "Use these calibrators: set `calibrators = \"" + report["artifacts_dir"] + "\"` under `[escalation]`.", ""]
     return "\n".join(lines)

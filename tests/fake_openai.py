@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -95,6 +96,16 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._connected(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._disconnected(self.connection)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -169,6 +180,7 @@ class FakeOpenAI:
         """The ``Authorization`` header of every request received."""
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
 
     # -- settings ---------------------------------------------------------------------
     @property
@@ -231,12 +243,20 @@ class FakeOpenAI:
         return self
 
     def close(self) -> None:
-        """Stop serving; wakes requests sleeping in ``slow`` mode (they answer at once)."""
+        """Stop serving: wakes requests sleeping in ``slow`` mode (they answer at once) and
+        closes the kept-alive connections, so no handler thread outlives the server."""
         self._stop.set()
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by the client
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -248,6 +268,14 @@ class FakeOpenAI:
         self.close()
 
     # -- answering --------------------------------------------------------------------
+    def _connected(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _disconnected(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
     def _received(self, body: dict[str, Any], authorization: str) -> None:
         with self._lock:
             self.requests.append(body)

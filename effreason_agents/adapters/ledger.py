@@ -130,12 +130,15 @@ SELECT
   COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0) AS s_out,
   COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0) AS s_tot,
   COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0) AS s_usd,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS r_out,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS r_tot,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS r_usd
+  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_output_tokens END), 0) AS r_out,
+  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_total_tokens END), 0) AS r_tot,
+  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_micro_usd END), 0) AS r_usd
 FROM reservation_scopes s JOIN reservations r ON r.key = s.reservation_key
-WHERE s.kind = ? AND s.scope_key = ?
-"""
+WHERE s.kind = :kind AND s.scope_key = :key
+""".format(live="(r.expires_at IS NULL OR r.expires_at >= :now)")
+"""Spent and held totals of one scope. Holds past their deadline are not counted: they are
+released by the next write (reads never hold the write lock), so what is left of a budget
+is never understated by a crashed process's hold."""
 
 # Limits and totals of several scopes in one statement: only scopes with a limits row are
 # returned (the others are unlimited); each is found through the primary key of
@@ -614,7 +617,7 @@ class BudgetLedger(SQLiteFile):
     # -- reading -----------------------------------------------------------
 
     def _totals(self, scope: Scope) -> sqlite3.Row:
-        return self._query(_SCOPE_TOTALS_SQL, (scope.kind, scope.key))[0]
+        return self._query(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": self._clock()})[0]
 
     def spent(self, scope: Scope) -> Usage:
         """Committed actual usage of the scope."""
@@ -664,15 +667,15 @@ class BudgetLedger(SQLiteFile):
         Money is a plain decimal string (:func:`format_usd`)."""
         with self._lock:
             conn = self._db()
+            now = self._clock()
             try:
                 conn.execute("BEGIN")
-                t = conn.execute(_SCOPE_TOTALS_SQL, (scope.kind, scope.key)).fetchone()
+                t = conn.execute(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": now}).fetchone()
                 lim = conn.execute(
                     "SELECT max_output_tokens, max_total_tokens, max_micro_usd FROM scope_limits "
                     "WHERE kind = ? AND scope_key = ?",
                     (scope.kind, scope.key),
                 ).fetchone()
-                now = self._clock()
                 counts = conn.execute(
                     "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN r.expires_at < ? OR (r.expires_at IS NULL "
                     "AND r.updated_at < ?) THEN 1 ELSE 0 END), 0) AS expired FROM reservations r "

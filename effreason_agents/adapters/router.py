@@ -338,12 +338,12 @@ class Featurizer:
     def _embed(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray | None:
         if not self.embeddings:
             return None
+        from effreason_agents.adapters import embeddings
+
         try:
-            from router_training.embeddings import embed
-        except ImportError as exc:  # pragma: no cover - router_training ships in the same wheel
-            raise RouterError(f"this router uses sentence embeddings, which need the train extra: "
-                              f"{_TRAIN_EXTRA} ({exc})") from exc
-        out = np.asarray(embed(list(texts), use_cache=use_cache), dtype=np.float64)
+            out = np.asarray(embeddings.embed(list(texts), use_cache=use_cache), dtype=np.float64)
+        except embeddings.EmbeddingError as exc:
+            raise RouterError(f"this router uses sentence embeddings: {exc}") from exc
         if out.shape != (len(texts), EMBEDDING_DIM):
             raise RouterError(f"sentence embeddings have shape {out.shape}, expected {(len(texts), EMBEDDING_DIM)}")
         return out

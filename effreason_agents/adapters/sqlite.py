@@ -14,6 +14,12 @@ from typing import Any, ClassVar
 
 from effreason_agents.errors import EffReasonError
 
+__all__ = [
+    "Migration",
+    "SQLiteFile",
+    "split_statements",
+]
+
 Migration = tuple[str, "str | Sequence[str]"]
 
 

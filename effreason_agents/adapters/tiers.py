@@ -28,22 +28,31 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from effreason_agents.config import Config, TierConfig
-from effreason_agents.core.money import call_cost, format_usd
+from effreason_agents.core.budget import cost_usd
+from effreason_agents.core.money import format_usd
 from effreason_agents.core.messages import message_text
 from effreason_agents.core.records import Completion, ErrorKind, TokenLogprob
 from effreason_agents.core.text import redact
 from effreason_agents.errors import EffReasonError, TierError
 from effreason_agents.core.prompts import SEPARATOR
 
+__all__ = [
+    "BYTES_METHOD",
+    "MESSAGE_OVERHEAD_TOKENS",
+    "O200K_METHOD",
+    "STOP_THINKING",
+    "TierClient",
+    "clients_for",
+    "cost_usd",
+    "error_kind",
+    "estimate_tokens",
+    "message_usage",
+    "parse_logprobs",
+    "readable_usage",
+    "token_count_method",
+]
+
 STOP_THINKING = f"Stop thinking and give the final answer after {SEPARATOR}."
-
-
-def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
-    """Exact cost of a call from its usage and the tier's prices per 1M tokens (cached input
-    tokens at the tier's cached-input price when it has one)."""
-    return call_cost(input_tokens, output_tokens, tier.price_input_per_1m, tier.price_output_per_1m,
-                     cached_input_tokens=cached_input_tokens,
-                     price_cached_input_per_1m=getattr(tier, "price_cached_input_per_1m", None))
 
 
 def parse_logprobs(raw: Mapping[str, Any] | None) -> list[TokenLogprob] | None:

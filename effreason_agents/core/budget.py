@@ -13,7 +13,15 @@ from decimal import Decimal, InvalidOperation
 
 from effreason_agents.config import BudgetConfig, TierConfig
 from effreason_agents.errors import ConfigError
-from effreason_agents.adapters.tiers import cost_usd
+from effreason_agents.core.money import call_cost
+
+__all__ = [
+    "cost_usd",
+    "Spend",
+    "effective_budget",
+    "fits",
+    "worst_case_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,13 @@ class Spend:
 
     def add(self, input_tokens: int, output_tokens: int, cost: Decimal | str) -> "Spend":
         return Spend(self.input_tokens + input_tokens, self.output_tokens + output_tokens, self.cost_usd + Decimal(cost))
+
+
+def cost_usd(tier: TierConfig, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
+    """Exact cost of a call from its usage and the tier's prices per 1M tokens (cached input
+    tokens at the tier's cached-input price when it has one)."""
+    return call_cost(input_tokens, output_tokens, tier.price_input_per_1m, tier.price_output_per_1m,
+                     cached_input_tokens=cached_input_tokens, price_cached_input_per_1m=tier.price_cached_input_per_1m)
 
 
 def worst_case_cost(tier: TierConfig, prompt_tokens: int, max_tokens: int) -> Decimal:

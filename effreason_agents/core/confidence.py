@@ -68,7 +68,25 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-from effreason_agents.adapters.tiers import TokenLogprob
+from effreason_agents.core.records import TokenLogprob
+
+__all__ = [
+    "AGREEMENT_SIGNALS",
+    "ALTERNATIVE_SIGNALS",
+    "HEURISTIC_METHOD",
+    "HEURISTIC_SC_METHOD",
+    "LOGPROB_SIGNALS",
+    "QUESTION_SIGNALS",
+    "SHAPE_SIGNALS",
+    "SIGNAL_NAMES",
+    "VERIFY_SIGNALS",
+    "answer_tokens",
+    "available_signals",
+    "compute_signals",
+    "heuristic_confidence",
+    "p_yes",
+    "question_signals",
+]
 
 HEURISTIC_METHOD = "heuristic: exp(min answer-token logprob)"
 HEURISTIC_SC_METHOD = "heuristic: majority share of the samples"

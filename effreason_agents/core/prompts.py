@@ -36,6 +36,20 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from effreason_agents.config import Capabilities, StrategyConfig
 
+__all__ = [
+    "ANSWER_TYPES",
+    "DIRECT_PREFIX",
+    "ParsedAnswer",
+    "Prompt",
+    "SEPARATOR",
+    "build_prompt",
+    "few_shot_examples",
+    "normalize_answer",
+    "output_cap",
+    "parse_answer",
+    "split_thinking",
+]
+
 SEPARATOR = "####"
 DIRECT_PREFIX = "The answer is"
 

@@ -31,6 +31,18 @@ from effreason_agents.evaluation.outcomes import GRAPH_ARM
 from effreason_agents.graph.state import ReasoningContext
 from effreason_agents.evaluation.tasks import TaskItem, check_answer
 
+__all__ = [
+    "WIDE_CSV",
+    "Bench",
+    "BenchError",
+    "comparison_rows",
+    "confidence_quality",
+    "resolve_arms",
+    "run_id_for",
+    "single_arm_config",
+    "valid_arm_names",
+    "write_run_file",
+]
 
 
 class BenchError(EffReasonError, ValueError):

@@ -67,8 +67,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from effreason_agents.errors import EffReasonError
+from effreason_agents.adapters.store import OutcomeStore
+from effreason_agents.adapters.tiers import estimate_tokens, token_count_method
+from effreason_agents.errors import EffReasonError, StoreError
 
 __all__ = [
     "FORMATS",
@@ -678,8 +681,6 @@ def load_wide(path: str | Path, *, complete: bool = False) -> OutcomeTable:
     or a score is an error naming the row and column), and a repeated prompt keeps its
     first row (a note lists the rows left out).
     """
-    from effreason_agents.adapters.tiers import estimate_tokens, token_count_method
-
     p = Path(path)
     header, rows = _read_csv(p)
     if "prompt" not in header:
@@ -799,11 +800,6 @@ def load_store(
     its labels averaged per arm. ``complete=True``: the first result of each
     (question, arm) stands, and questions without a result for every arm are left out.
     """
-    from pydantic import ValidationError
-
-    from effreason_agents.adapters.store import OutcomeStore
-    from effreason_agents.errors import StoreError
-
     if str(path) == "store":
         from effreason_agents.config import load_config
 

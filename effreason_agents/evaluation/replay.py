@@ -24,6 +24,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from effreason_agents.adapters.store import utc_now
 from effreason_agents.adapters.tiers import BYTES_METHOD, O200K_METHOD, cost_usd, estimate_tokens, token_count_method
 from effreason_agents.config import Config, TierConfig
@@ -121,7 +123,7 @@ def _tier_for(model: str, config: Config | None) -> tuple[str, TierConfig | None
     return "", None, ""
 
 
-def _column(m: Any, j: int, n: int) -> list[float | None]:
+def _column(m: np.ndarray | None, j: int, n: int) -> list[float | None]:
     """Column ``j`` of an optional outcome matrix as floats, ``None`` where unknown."""
     if m is None:
         return [None] * n

@@ -52,6 +52,7 @@ from effreason_agents.core.answers import (
     polarity,
     strip_edges,
 )
+from effreason_agents.core.prompts import ANSWER_TYPES
 from effreason_agents.errors import EffReasonError
 
 __all__ = [
@@ -73,10 +74,10 @@ __all__ = [
     "parse_number",
 ]
 
+#: One of :data:`~effreason_agents.core.prompts.ANSWER_TYPES` (the prompts pick few-shot examples by it).
 AnswerType = Literal["number", "choice", "yesno", "date", "text"]
 Difficulty = Literal["easy", "medium", "hard"]
 
-ANSWER_TYPES: tuple[str, ...] = ("number", "choice", "yesno", "date", "text")
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 #: Option letters; a multiple-choice item has 2 to 10 options.
 LETTERS = "ABCDEFGHIJ"

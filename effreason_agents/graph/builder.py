@@ -30,6 +30,13 @@ from effreason_agents.errors import InvalidQuestionError
 from effreason_agents.graph.nodes import ReasoningNodes, Services
 from effreason_agents.graph.state import ReasoningContext, ReasoningInput, ReasoningState
 
+__all__ = [
+    "add_cost_aware_reasoning",
+    "ask",
+    "build_chat_graph",
+    "build_reasoning_graph",
+]
+
 
 def build_reasoning_graph(config: Config | None = None, *, services: Services | None = None, checkpointer: Any = None) -> Any:
     """Compile the reasoning graph for ``config`` (default: :func:`load_config`)."""

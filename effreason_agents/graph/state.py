@@ -40,6 +40,12 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
+__all__ = [
+    "ReasoningContext",
+    "ReasoningInput",
+    "ReasoningState",
+]
+
 
 class ReasoningInput(TypedDict):
     question: str

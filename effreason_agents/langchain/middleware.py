@@ -64,6 +64,7 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from effreason_agents.core.messages import check_tool_messages, last_human_text, message_text
+from effreason_agents.core.text import validate_question
 from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import Config, load_config
 from effreason_agents.errors import BudgetExhausted, ConfigError, TierError
@@ -253,6 +254,8 @@ class CostAwareMiddleware(AgentMiddleware):
         check_tool_messages(request.messages)
         thread_id, user_id = self._ids(request)
         question = last_human_text(request.messages)
+        if any(isinstance(m, HumanMessage) for m in request.messages):
+            question = validate_question(question)  # nothing visible to answer: refused before any call
         if self.select is self.default_selector:
             d = self.default_selector.decide(question)
         else:

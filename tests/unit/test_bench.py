@@ -143,3 +143,30 @@ def test_report_shows_the_confidence_section(tmp_path: Path) -> None:
     paths = write_report(results, tmp_path)
     md = Path(paths["report"]).read_text() if "report" in paths else (tmp_path / "report.md").read_text()
     assert "## Confidence" in md and "| `small:direct` | 2 | 0.750 | 0.200 | 0.100 | calibrated: logistic on 2 features |" in md
+
+
+def test_wide_csv_export_reads_back_through_the_replay_reader(tmp_path: Path) -> None:
+    from effreason_agents.adapters.store import AttemptRecord, OutcomeStore, RequestRecord
+    from effreason_agents.evaluation.bench import WIDE_CSV
+    from effreason_agents.evaluation.replay import load_wide_csv
+
+    cfg = config(tmp_path)
+    b = Bench(cfg, items(3), resolve_arms(cfg, ["small:direct", "small:cot"]), graph=False, out_dir=tmp_path)
+    rows = []
+    with OutcomeStore(tmp_path / "x.sqlite") as store:
+        for it, arm, correct, text in [("i0", "small:direct", True, "1"), ("i0", "small:cot", True, "so, 1"),
+                                       ("i1", "small:direct", False, "3"), ("i1", "small:cot", True, "2"),
+                                       ("i2", "small:direct", True, "3")]:  # i2 unfinished for cot: not exported
+            rid = f"{it}-{arm}"
+            store.record(
+                RequestRecord(request_id=rid, question=f"q {it}", status="answered", graph_version="g",
+                              config_version="c", started_at="2025-01-01T00:00:00.000+00:00"),
+                [AttemptRecord(attempt_id=f"{rid}-0", request_id=rid, index=0, arm=arm, tier="small", model="m",
+                               engine="embedded", strategy=arm.split(":")[1], max_tokens=64, raw_text=text)],
+            )
+            rows.append(row(it, arm, correct, 3, request_id=rid))
+        assert b.export_wide_csv(store, rows, tmp_path / WIDE_CSV) == 2
+    t = load_wide_csv(tmp_path / WIDE_CSV)
+    assert t.prompts == ["What is 0 + 1?", "What is 1 + 1?"] and t.arms == ["small:direct", "small:cot"]
+    assert t.correct.tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert t.responses == {"small:direct": ["1", "3"], "small:cot": ["so, 1", "2"]}

@@ -14,6 +14,7 @@ from effreason_agents.adapters.calibrator import Calibrator, CalibratorError
 from effreason_agents.config import config_from_data, default_config_data
 from effreason_agents.errors import ConfigError
 from effreason_agents.evaluation.tasks import load_suite
+from effreason_agents.core.money import format_usd
 from router_training.calibration_run import CalibrationPlan, _evaluate_strategy, heldout_ids, render_markdown
 
 
@@ -79,6 +80,9 @@ def test_combination_beats_each_single_signal_and_threshold_meets_target(tmp_pat
                           "strong_arm": "large:cod", "artifacts_dir": "out/calibrators",
                           "calibrators": [{**section, "artifact": "out/calibrators/small-direct.json"}]})
     assert "| **combined** |" in md and "escalation.calibrators" not in md and "calibrators = " in md
+    # dollars by the one formatter: the small arm is free, the strong arm costs $0.001 per call
+    assert "| always `small:direct` | 0% |" in md and " | $0 | 5.0 |" in md
+    assert f" | {format_usd(cas['always_strong']['cost'], symbol=True)} | 50.0 |" in md and "| $0.0010 | 50.0 |" in md
 
 
 def test_min_accuracy_target_picks_the_cheapest_threshold_reaching_it(tmp_path: Path) -> None:

@@ -66,10 +66,10 @@ def test_show_prints_limits_spent_held_remaining_and_holds(config: Path, ledger_
             table["total"] = words[2:]
         elif line.startswith(" dollars"):
             table["dollars"] = words[1:]
-    # limit, spent, held (both open holds), remaining = limit - spent - held
-    assert table["output"] == ["1,000", "40", "150", "810"]
-    assert table["total"] == ["unlimited", "200", "400", "unlimited"]
-    assert table["dollars"] == ["$0.0500", "$0.0008", "$0.0017", "$0.0475"]
+    # limit, spent, held (the live hold; the expired one no longer counts), remaining = limit - spent - held
+    assert table["output"] == ["1,000", "40", "50", "910"]
+    assert table["total"] == ["unlimited", "200", "100", "unlimited"]
+    assert table["dollars"] == ["$0.0500", "$0.0008", "$0.0005", "$0.0487"]
     assert "2 open holds, 1 past the deadline" in flat(r.stdout)
     assert f"ledger: {ledger_path}" in r.stdout.replace("\n", "")
 
@@ -83,7 +83,7 @@ def test_show_json_is_the_ledgers_report(config: Path, ledger_path: Path) -> Non
     assert doc == {**expected, "ledger": str(ledger_path)}
     assert doc["scope"] == "thread:t1" and doc["holds"] == 2 and doc["expired_holds"] == 1
     assert doc["limits"] == {"output_tokens": 1000, "total_tokens": None, "cost_usd": "0.05"}
-    assert doc["spent"]["cost_usd"] == "0.0008" and doc["remaining"]["output_tokens"] == 810
+    assert doc["spent"]["cost_usd"] == "0.0008" and doc["remaining"]["output_tokens"] == 910
 
 
 def test_show_fits_80_columns_with_a_long_user_id(config: Path) -> None:

@@ -343,13 +343,13 @@ def test_show_and_holds(ledger: BudgetLedger, clock: Clock) -> None:
     ledger.reserve("h1", [REQ, THREAD], Usage(20, 200, 3000), ttl_s=10)
     clock.now = T0 + 1
     ledger.reserve("h2", [THREAD], Usage(5, 50, 500), ttl_s=100)
-    clock.now = T0 + 20  # h1 is past its expiry, not yet swept
+    clock.now = T0 + 20  # h1 is past its expiry, not yet swept: it no longer counts as held
     assert ledger.show(THREAD) == {
         "scope": "thread:t1",
         "limits": {"output_tokens": None, "total_tokens": 1000, "cost_usd": "0.01"},
         "spent": {"output_tokens": 8, "total_tokens": 90, "cost_usd": "0.002"},
-        "held": {"output_tokens": 25, "total_tokens": 250, "cost_usd": "0.0035"},
-        "remaining": {"output_tokens": None, "total_tokens": 660, "cost_usd": "0.0045"},
+        "held": {"output_tokens": 5, "total_tokens": 50, "cost_usd": "0.0005"},
+        "remaining": {"output_tokens": None, "total_tokens": 860, "cost_usd": "0.0075"},
         "holds": 2,
         "expired_holds": 1,
     }

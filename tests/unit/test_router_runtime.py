@@ -171,7 +171,7 @@ def test_analyzers_and_values_match_scikit_learn() -> None:
 
 
 def test_embeddings_block_uses_the_embedder(monkeypatch: pytest.MonkeyPatch) -> None:
-    import router_training.embeddings as emb
+    import effreason_agents.adapters.embeddings as emb
 
     def fake(texts: list[str], **_: object) -> np.ndarray:
         out = np.zeros((len(texts), 384), np.float32)

@@ -781,6 +781,12 @@ def test_answer_normalisation_lives_in_core_and_run_time_code_never_imports_eval
 
     for name in ("answer_key", "canonical_number", "parse_date", "parse_number"):
         assert getattr(tasks, name) is getattr(answers, name)
+    # one list of answer types: the prompts' few-shot examples and the task items share it
+    from typing import get_args
+
+    from effreason_agents.core.prompts import ANSWER_TYPES
+
+    assert tasks.ANSWER_TYPES is ANSWER_TYPES and get_args(tasks.AnswerType) == ANSWER_TYPES
     code = (
         "import sys\n"
         "import effreason_agents.engine.sampling, effreason_agents.engine.estimator, effreason_agents.engine.policy\n"
