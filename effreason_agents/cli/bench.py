@@ -99,7 +99,7 @@ def _replay(cfg: Config, source: str, weak: Optional[str], strong: Optional[str]
 
     table = load_store_table(cfg.store.resolved_path()) if source == "store" else load_wide_csv(Path(source))
     if not weak or not strong:
-        raise EffReasonError(f"--replay needs --weak and --strong; models in {table.source}: {', '.join(table.models)}")
+        raise EffReasonError(f"--replay needs --weak and --strong; models in {table.source}: {', '.join(table.arms)}")
     results = replay(table, weak, strong, config=cfg)
     results["meta"]["command"] = " ".join(["effreason", *sys.argv[1:]])
     paths = write_report(results, out_dir)

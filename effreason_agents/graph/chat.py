@@ -211,7 +211,7 @@ def ensure_limits(
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
-        from effreason_agents.adapters.tiers import format_usd
+        from effreason_agents.core.money import format_usd
 
         return format_usd(value)
     if isinstance(value, Mapping):
