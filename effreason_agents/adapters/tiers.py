@@ -278,7 +278,7 @@ class TierClient:
         return TierError(self.name, redact(message, self.secrets()), kind=kind)
 
     # -- calls --------------------------------------------------------------------
-    def chat_model(
+    def call_settings(
         self,
         *,
         max_tokens: int,
@@ -287,20 +287,16 @@ class TierClient:
         want_logprobs: bool = True,
         reasoning_effort: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """The :class:`ChatOpenAI` configured for this tier and call. ``reasoning_effort`` is
-        sent only to tiers whose capabilities accept it (dropped otherwise); ``extra_body``
-        (vLLM-only fields) is merged over the tier's own, for engine ``vllm`` only."""
+        n: int = 1,
+    ) -> dict[str, Any]:
+        """The request fields of one call on this tier: logprobs (with the tier's number of
+        alternatives) only where it returns them, ``reasoning_effort`` only where it is
+        accepted, ``extra_body`` (vLLM-only fields, merged over the tier's own) only on
+        engine ``vllm``, ``n`` only above 1."""
         caps = self.tier.capabilities
-        kwargs: dict[str, Any] = {
-            "model": self.tier.model,
-            "base_url": self.base_url(),
-            "api_key": self.api_key(),
-            "timeout": self.tier.timeout_s,
-            "max_retries": self.tier.max_retries,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if n > 1:
+            kwargs["n"] = n
         if stop:
             kwargs["stop"] = list(stop)
         if want_logprobs and caps.logprobs:
@@ -313,6 +309,39 @@ class TierClient:
             body = {**self.tier.extra_body, **(extra_body or {})}
             if body:
                 kwargs["extra_body"] = body
+        return kwargs
+
+    def failure(self, exc: BaseException) -> BaseException:
+        """What a client failure becomes: a :class:`TierError` (key redacted) with its
+        :class:`~effreason_agents.core.records.ErrorKind`; a :class:`TierError` unchanged."""
+        if isinstance(exc, TierError):
+            return exc
+        if isinstance(exc, EffReasonError):  # e.g. the embedded server could not start
+            return self.error(str(exc), ErrorKind.UNAVAILABLE)
+        kind, why = error_kind(exc)
+        return self.error(f"{why} after {self.tier.max_retries} retries", kind)
+
+    def chat_model(
+        self,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        want_logprobs: bool = True,
+        reasoning_effort: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The :class:`ChatOpenAI` configured for this tier and call (see :meth:`call_settings`)."""
+        kwargs: dict[str, Any] = {
+            "model": self.tier.model,
+            "base_url": self.base_url(),
+            "api_key": self.api_key(),
+            "timeout": self.tier.timeout_s,
+            "max_retries": self.tier.max_retries,
+            **self.call_settings(max_tokens=max_tokens, temperature=temperature, stop=stop,
+                                 want_logprobs=want_logprobs, reasoning_effort=reasoning_effort,
+                                 extra_body=extra_body),
+        }
         return _safe_chat_openai()(**kwargs)
 
     def complete(
@@ -404,30 +433,17 @@ class TierClient:
                 prefill = str(msgs[-1].content)
             else:
                 msgs = msgs[:-1]
-        caps = self.tier.capabilities
-        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-        if stop:
-            kwargs["stop"] = list(stop)
-        if want_logprobs and caps.logprobs:
-            kwargs["logprobs"] = True
-            if caps.top_logprobs:
-                kwargs["top_logprobs"] = caps.top_logprobs
-        if reasoning_effort and caps.reasoning_effort:
-            kwargs["reasoning_effort"] = reasoning_effort
-        if self.tier.engine == "vllm":
-            body = {**self.tier.extra_body, **(extra_body or {})}
-            if body:
-                kwargs["extra_body"] = body
+        kwargs = self.call_settings(max_tokens=max_tokens, temperature=temperature, stop=stop,
+                                    want_logprobs=want_logprobs, reasoning_effort=reasoning_effort,
+                                    extra_body=extra_body)
         start = time.perf_counter()
         try:
             msg = self._shared_model().invoke(msgs, config=config, **kwargs)
-        except TierError:
-            raise
-        except EffReasonError as exc:  # e.g. the embedded server could not start
-            raise self.error(str(exc), ErrorKind.UNAVAILABLE) from exc
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
-            kind, why = error_kind(exc)
-            raise self.error(f"{why} after {self.tier.max_retries} retries", kind) from exc
+            err = self.failure(exc)
+            if err is exc:
+                raise
+            raise err from exc
         return self.completion(msg, prefill, time.perf_counter() - start)
 
     def sample(
@@ -441,28 +457,17 @@ class TierClient:
         reported it (``None`` when missing or unreadable) and ``model``."""
         from langchain_core.runnables.config import ensure_config
 
-        caps = self.tier.capabilities
-        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-        if n > 1:
-            kwargs["n"] = n
-        if stop:
-            kwargs["stop"] = list(stop)
-        if caps.logprobs:
-            kwargs["logprobs"] = True
-            if caps.top_logprobs:
-                kwargs["top_logprobs"] = caps.top_logprobs
+        kwargs = self.call_settings(max_tokens=max_tokens, temperature=temperature, stop=stop, n=n)
         cfg = ensure_config(config)
         try:
             out = self._shared_model().generate(
                 [list(messages)], callbacks=cfg.get("callbacks"), tags=cfg.get("tags"),
                 metadata=cfg.get("metadata"), **kwargs)
-        except TierError:
-            raise
-        except EffReasonError as exc:
-            raise self.error(str(exc), ErrorKind.UNAVAILABLE) from exc
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
-            kind, why = error_kind(exc)
-            raise self.error(f"{why} after {self.tier.max_retries} retries", kind) from exc
+            err = self.failure(exc)
+            if err is exc:
+                raise
+            raise err from exc
         gens = out.generations[0] if out.generations else []
         if not gens:
             raise self.error("the response held no choices", ErrorKind.BAD_RESPONSE)
