@@ -70,7 +70,7 @@ from effreason_agents.config import Config, load_config
 from effreason_agents.errors import BudgetExhausted, ConfigError, TierError
 from effreason_agents.adapters.ledger import BudgetLedger
 from effreason_agents.core.prompts import parse_answer
-from effreason_agents.adapters.tiers import TierClient, error_kind, parse_logprobs
+from effreason_agents.adapters.tiers import TierClient, parse_logprobs
 from effreason_agents.core.money import format_usd
 from effreason_agents.core.records import TIER_DOWN_KINDS, Completion, Status
 from effreason_agents.engine import policy
@@ -140,6 +140,33 @@ class _Step:
     failed: list[str] = field(default_factory=list)
     usage_missing: bool = False
     last_refused: bool = False
+
+
+@dataclass
+class _Call:
+    """One held model call of a step: its tier, the request sent through the agent's handler,
+    the attempt runner's arguments, and the handler's response once it came."""
+
+    tier: str
+    client: TierClient
+    request: ModelRequest
+    held: dict[str, Any]
+    response: Any = None
+
+    def reply(self, response: Any, started: float) -> Completion:
+        """Keep ``response``; its usage as a :class:`Completion` (none readable: settled at the hold)."""
+        self.response = response
+        message = _last_ai(response)
+        latency = time.perf_counter() - started
+        if message is None:
+            return Completion("", 0, 0, None, latency, self.client.tier.model, Decimal(0), usage_reported=False)
+        return self.client.completion(message, latency=latency)
+
+    def failure(self, exc: Exception) -> BaseException:
+        """A :class:`TierError` for a provider failure the step can fall back from (429, 5xx,
+        timeout, unreachable, unreadable reply); any other exception unchanged."""
+        err = self.client.failure(exc)
+        return err if isinstance(err, TierError) and err.kind in TIER_DOWN_KINDS else exc
 
 
 class CostAwareMiddleware(AgentMiddleware):
@@ -288,76 +315,60 @@ class CostAwareMiddleware(AgentMiddleware):
                                          has_answer=parsed.answer is not None, answer_method=parsed.method)
         return conf, how
 
-    def _call(self, step: _Step, request: ModelRequest, tier: str) -> tuple[ModelRequest, Callable[..., Any]]:
-        """The request with its model replaced by ``tier``'s, and the arguments of its held call."""
+    def _call(self, step: _Step, request: ModelRequest, tier: str) -> _Call:
+        """One call of this step on ``tier``: the request with its model replaced by the
+        tier's, and what the attempt runner holds it as."""
         client = self.services.clients[tier]
         model = client.chat_model(max_tokens=self.max_tokens, temperature=self.temperature)
         _label(model, tier, step)
         messages = ([request.system_message] if request.system_message is not None else []) + list(request.messages)
         key = f"agent:{step.call_id}:{len(step.tiers_tried) + len(step.failed)}"
         scopes, limits = policy.budget_scopes(self.config, key, self.config.budget, step.thread_id, step.user_id)
-
-        def held(invoke: Callable[[], Any]) -> dict[str, Any]:
-            return dict(key=key, scopes=scopes, client=client, prompt_tokens=client.prompt_bound(messages, request.tools),
-                        max_tokens=self.max_tokens, invoke=invoke, limits=limits)
-
-        return request.override(model=model), held
-
-    def _reply(self, client: TierClient, response: Any, started: float) -> Completion:
-        message = _last_ai(response)
-        if message is None:  # nothing to read usage from: settled at the hold
-            return Completion("", 0, 0, None, time.perf_counter() - started, client.tier.model, Decimal(0),
-                              usage_reported=False)
-        return client.completion(message, latency=time.perf_counter() - started)
+        held = dict(key=key, scopes=scopes, client=client, prompt_tokens=client.prompt_bound(messages, request.tools),
+                    max_tokens=self.max_tokens, limits=limits)
+        return _Call(tier, client, request.override(model=model), held)
 
     def _attempt(self, step: _Step, request: ModelRequest, tier: str, handler: Callable[[ModelRequest], Any]) -> Any:
         """One held call on ``tier`` through ``handler``: its response, a :class:`BudgetExhausted`
         refusal (nothing called), or a :class:`TierError` (the hold released)."""
-        client = self.services.clients[tier]
-        req, held = self._call(step, request, tier)
-        box: dict[str, Any] = {}
+        call = self._call(step, request, tier)
 
         def invoke() -> Completion:
             started = time.perf_counter()
             try:
-                box["response"] = handler(req)
+                return call.reply(handler(call.request), started)
             except Exception as exc:  # noqa: BLE001 - a provider failure: fall back to another tier
-                err = _tier_failure(client, exc)
+                err = call.failure(exc)
                 if err is exc:
                     raise
                 raise err from exc
-            return self._reply(client, box["response"], started)
 
         try:
-            done = self.runner.call(**held(invoke))
+            done = self.runner.call(invoke=invoke, **call.held)
         except (BudgetExhausted, TierError) as exc:
             return self._failed(step, tier, exc)
-        return self._settled(step, tier, done, box["response"])
+        return self._settled(step, call, done)
 
     async def _aattempt(self, step: _Step, request: ModelRequest, tier: str,
                         handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
-        client = self.services.clients[tier]
-        req, held = self._call(step, request, tier)
-        box: dict[str, Any] = {}
+        """:meth:`_attempt` for an async handler."""
+        call = self._call(step, request, tier)
 
         async def invoke() -> Completion:
             started = time.perf_counter()
             try:
-                box["response"] = await handler(req)
+                return call.reply(await handler(call.request), started)
             except Exception as exc:  # noqa: BLE001 - a provider failure: fall back to another tier
-                err = _tier_failure(client, exc)
+                err = call.failure(exc)
                 if err is exc:
                     raise
                 raise err from exc
-            return self._reply(client, box["response"], started)
 
-        args = held(invoke)
-        args.pop("invoke")
         try:
-            done = await self.runner.acall(invoke=invoke, **args)
+            done = await self.runner.acall(invoke=invoke, **call.held)
         except (BudgetExhausted, TierError) as exc:
             return self._failed(step, tier, exc)
-        return self._settled(step, tier, done, box["response"])
+        return self._settled(step, call, done)
 
     @staticmethod
     def _failed(step: _Step, tier: str, exc: BaseException) -> BaseException:
@@ -367,14 +378,14 @@ class CostAwareMiddleware(AgentMiddleware):
         return exc
 
     @staticmethod
-    def _settled(step: _Step, tier: str, done: Any, response: Any) -> Any:
+    def _settled(step: _Step, call: _Call, done: Any) -> Any:
         c = done.completion
-        step.tiers_tried.append(tier)
+        step.tiers_tried.append(call.tier)
         step.input_tokens += c.input_tokens
         step.output_tokens += c.output_tokens
         step.cost += c.cost_usd
         step.usage_missing = step.usage_missing or done.usage_missing
-        return response
+        return call.response
 
     def _order(self, selected: str) -> list[str]:
         """Where to try the call: the selected tier, then (when it fails) the tiers above it,
@@ -397,14 +408,6 @@ class CostAwareMiddleware(AgentMiddleware):
             yield tier
             if step.last_refused:
                 ceiling, step.last_refused = min(ceiling, i), False
-
-    def _outcome(self, step: _Step, response: Any, refusal: BudgetExhausted | None, error: TierError | None) -> Any:
-        if response is not None:
-            return None
-        if error is not None and refusal is None:
-            raise error
-        assert refusal is not None
-        return self._refusal(step, refusal)
 
     # -- results ----------------------------------------------------------------------
     def _refusal(self, step: _Step, exc: BudgetExhausted) -> AIMessage:
@@ -459,19 +462,12 @@ class CostAwareMiddleware(AgentMiddleware):
         step = self._start(request)
         response, refusal, error = None, None, None
         for tier in self._candidates(step):
-            out = self._attempt(step, request, tier, handler)
-            if isinstance(out, BudgetExhausted):
-                refusal, step.last_refused = refusal or out, True
-            elif isinstance(out, TierError):
-                error = out
-            else:
-                response = out
+            response, refusal, error = self._tally(step, self._attempt(step, request, tier, handler), refusal, error)
+            if response is not None:
                 break
         if response is None:
-            return self._outcome(step, None, refusal, error)
-        step.note = self._fallback_note(step, refusal, error)
-        conf = self.confidence(step.tiers_tried[-1], _last_ai(response), step.features) if _last_ai(response) else (None, "no AIMessage in the response")
-        nxt = self._escalation(step, conf)
+            return self._no_reply(step, refusal, error)
+        conf, nxt = self._judge(step, response, refusal, error)
         if nxt is not None:
             try:
                 again = self._attempt(step, request, nxt, handler)
@@ -485,18 +481,12 @@ class CostAwareMiddleware(AgentMiddleware):
         response, refusal, error = None, None, None
         for tier in self._candidates(step):
             out = await self._aattempt(step, request, tier, handler)
-            if isinstance(out, BudgetExhausted):
-                refusal, step.last_refused = refusal or out, True
-            elif isinstance(out, TierError):
-                error = out
-            else:
-                response = out
+            response, refusal, error = self._tally(step, out, refusal, error)
+            if response is not None:
                 break
         if response is None:
-            return await asyncio.to_thread(self._outcome, step, None, refusal, error)
-        step.note = self._fallback_note(step, refusal, error)
-        conf = self.confidence(step.tiers_tried[-1], _last_ai(response), step.features) if _last_ai(response) else (None, "no AIMessage in the response")
-        nxt = self._escalation(step, conf)
+            return await asyncio.to_thread(self._no_reply, step, refusal, error)
+        conf, nxt = self._judge(step, response, refusal, error)
         if nxt is not None:
             try:
                 again = await self._aattempt(step, request, nxt, handler)
@@ -504,6 +494,33 @@ class CostAwareMiddleware(AgentMiddleware):
                 again = exc
             response, conf = self._after_escalation(step, nxt, again, response, conf)
         return self._finish(step, response, conf)
+
+    @staticmethod
+    def _tally(step: _Step, out: Any, refusal: BudgetExhausted | None,
+               error: TierError | None) -> tuple[Any, BudgetExhausted | None, TierError | None]:
+        """``(response, first refusal, last tier error)`` after one try."""
+        if isinstance(out, BudgetExhausted):
+            step.last_refused = True
+            return None, refusal or out, error
+        if isinstance(out, TierError):
+            return None, refusal, out
+        return out, refusal, error
+
+    def _no_reply(self, step: _Step, refusal: BudgetExhausted | None, error: TierError | None) -> Any:
+        """No tier answered: the polite refusal when a budget stopped it, else the tier error."""
+        if refusal is None:
+            assert error is not None
+            raise error
+        return self._refusal(step, refusal)
+
+    def _judge(self, step: _Step, response: Any, refusal: BudgetExhausted | None,
+               error: TierError | None) -> tuple[tuple[float | None, str], str | None]:
+        """The reply's confidence and the tier to ask again on low confidence (or ``None``)."""
+        step.note = self._fallback_note(step, refusal, error)
+        message = _last_ai(response)
+        conf = (self.confidence(step.tiers_tried[-1], message, step.features) if message is not None
+                else (None, "no AIMessage in the response"))
+        return conf, self._escalation(step, conf)
 
     @staticmethod
     def _fallback_note(step: _Step, refusal: BudgetExhausted | None, error: TierError | None) -> str | None:
@@ -531,15 +548,6 @@ class CostAwareMiddleware(AgentMiddleware):
             return response, conf
         message = _last_ai(out)
         return out, (self.confidence(tier, message, step.features) if message else (None, "no AIMessage in the response"))
-
-
-def _tier_failure(client: TierClient, exc: Exception) -> Exception:
-    """A :class:`TierError` (key redacted) for a provider failure the call can fall back from
-    (429, 5xx, timeout, unreachable, unreadable reply); any other exception unchanged."""
-    kind, why = error_kind(exc)
-    if kind not in TIER_DOWN_KINDS:
-        return exc
-    return client.error(f"{why} after {client.tier.max_retries} retries", kind)
 
 
 def _label(model: Any, tier: str, step: _Step) -> None:
