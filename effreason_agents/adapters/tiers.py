@@ -21,7 +21,6 @@ import math
 import os
 import threading
 import time
-from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -29,7 +28,6 @@ from langchain_core.runnables import RunnableConfig
 
 from effreason_agents.config import Config, TierConfig
 from effreason_agents.core.budget import cost_usd
-from effreason_agents.core.money import format_usd
 from effreason_agents.core.messages import message_text
 from effreason_agents.core.records import Completion, ErrorKind, TokenLogprob
 from effreason_agents.core.text import redact

@@ -9,6 +9,7 @@ can never spend past its limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from decimal import Decimal, InvalidOperation
 
 from effreason_agents.config import BudgetConfig, TierConfig
@@ -17,6 +18,7 @@ from effreason_agents.core.money import call_cost
 
 __all__ = [
     "cost_usd",
+    "dollar_limit",
     "Spend",
     "effective_budget",
     "fits",
@@ -52,16 +54,22 @@ def worst_case_cost(tier: TierConfig, prompt_tokens: int, max_tokens: int) -> De
     return cost_usd(tier, prompt_tokens, max_tokens)
 
 
+def dollar_limit(value: Any, name: str) -> Decimal:
+    """``value`` as a positive, finite dollar amount, or a :class:`ConfigError` naming ``name``."""
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a number of dollars, got {value!r}") from None
+    if not d.is_finite() or d <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return d
+
+
 def effective_budget(base: BudgetConfig, max_cost_usd: Decimal | str | float | None = None) -> BudgetConfig:
     """The request budget with a per-run dollar limit applied (the smaller limit wins)."""
     if max_cost_usd is None:
         return base
-    try:
-        limit = Decimal(str(max_cost_usd))
-    except InvalidOperation:
-        raise ConfigError(f"max_cost_usd must be a number of dollars, got {max_cost_usd!r}") from None
-    if not limit.is_finite() or limit <= 0:
-        raise ConfigError(f"max_cost_usd must be > 0, got {max_cost_usd}")
+    limit = dollar_limit(max_cost_usd, "max_cost_usd")
     current = base.max_cost_usd
     return base.model_copy(update={"max_cost_usd": limit if current is None else min(limit, current)})
 

@@ -63,7 +63,6 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 
-from effreason_agents.errors import TierError
 from effreason_agents.core.prompts import parse_answer
 from effreason_agents.core.answers import answer_key
 from effreason_agents.adapters.tiers import TierClient, cost_usd, parse_logprobs

@@ -30,7 +30,7 @@ import operator
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Annotated, Iterator, Mapping
 
@@ -42,9 +42,10 @@ from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from effreason_agents.config import Config, LimitConfig, load_config
+from effreason_agents.core.budget import dollar_limit
 from effreason_agents.core.messages import message_text, question_with_history
-from effreason_agents.errors import ConfigError, InvalidQuestionError
-from effreason_agents.graph.state import ReasoningContext
+from effreason_agents.errors import InvalidQuestionError
+from effreason_agents.graph.state import ReasoningContext, context_of
 
 __all__ = [
     "ChatContext",
@@ -85,34 +86,17 @@ class ChatContext:
     """A dollar limit for each request (the smaller of this and the config's wins)."""
 
 
-def _decimal(value: Any, name: str) -> Decimal:
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"{name} must be a number of dollars, got {value!r}") from None
-    if not d.is_finite() or d <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    return d
-
-
 def _chat_ctx(runtime: Runtime[ChatContext] | None) -> ChatContext:
     return validate_context(getattr(runtime, "context", None))
 
 
 def validate_context(ctx: ChatContext | Mapping[str, Any] | None) -> ChatContext:
     """The chat context as a :class:`ChatContext`, its amounts checked (:class:`ConfigError`)."""
-    if ctx is None:
-        return ChatContext()
-    if isinstance(ctx, Mapping):
-        known = set(ChatContext.__dataclass_fields__)
-        unknown = sorted(set(ctx) - known)
-        if unknown:
-            raise ConfigError(f"unknown chat context keys {unknown}; known: {sorted(known)}")
-        ctx = ChatContext(**ctx)
+    ctx = context_of(ChatContext, ctx, "chat context")
     if ctx.budget_usd is not None:
-        _decimal(ctx.budget_usd, "budget_usd")
+        dollar_limit(ctx.budget_usd, "budget_usd")
     if ctx.max_cost_usd is not None:
-        _decimal(ctx.max_cost_usd, "max_cost_usd")
+        dollar_limit(ctx.max_cost_usd, "max_cost_usd")
     return ctx
 
 
@@ -199,7 +183,7 @@ def ensure_limits(
     if thread_id is not None:
         scope = Scope("thread", thread_id)
         if budget_usd is not None:
-            limit = _decimal(budget_usd, "budget_usd")
+            limit = dollar_limit(budget_usd, "budget_usd")
             ledger.set_limits(scope, config.budget.thread.model_copy(update={"max_cost_usd": limit}))
         elif _has_limits(config.budget.thread) and not _limits_set(ledger, scope):
             ledger.set_limits(scope, config.budget.thread)

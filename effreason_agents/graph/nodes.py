@@ -54,7 +54,7 @@ from effreason_agents.engine import policy
 from effreason_agents.engine.runner import AttemptRunner, prompting
 from effreason_agents.engine.services import Services
 from effreason_agents.errors import BudgetExhausted, ConfigError, EffReasonError, InvalidQuestionError, StoreError
-from effreason_agents.graph.state import ReasoningContext, ReasoningState
+from effreason_agents.graph.state import ReasoningContext, ReasoningState, context_of
 
 __all__ = [
     "GRAPH_VERSION",
@@ -83,15 +83,7 @@ PROMPT_OVERHEAD_TOKENS = 96  # system prompt + chat template, all strategies
 
 def _ctx(runtime: Runtime[ReasoningContext] | None) -> ReasoningContext:
     """The run's context, validated (a :class:`ConfigError` before any model call)."""
-    ctx = getattr(runtime, "context", None)
-    if ctx is None:
-        return ReasoningContext()
-    if isinstance(ctx, Mapping):
-        known = set(ReasoningContext.__dataclass_fields__)
-        unknown = sorted(set(ctx) - known)
-        if unknown:
-            raise ConfigError(f"unknown context keys {unknown}; known: {sorted(known)}")
-        ctx = ReasoningContext(**ctx)
+    ctx = context_of(ReasoningContext, getattr(runtime, "context", None))
     t = ctx.confidence_threshold
     if t is not None:
         try:

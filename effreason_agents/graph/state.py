@@ -35,13 +35,15 @@ Keys (who writes them):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from typing_extensions import TypedDict
 
 __all__ = [
     "ReasoningContext",
+    "context_of",
     "ReasoningInput",
     "ReasoningState",
 ]
@@ -85,3 +87,22 @@ class ReasoningContext:
     """Record the request and its attempts in the outcome store."""
     thread_id: str | None = None
     user_id: str | None = None
+
+
+C = TypeVar("C")
+
+
+def context_of(cls: type[C], ctx: C | Mapping[str, Any] | None, what: str = "context") -> C:
+    """A run's context as ``cls``: ``None`` is the defaults, a mapping is checked for unknown
+    keys (a :class:`~effreason_agents.errors.ConfigError` before any model call)."""
+    from effreason_agents.errors import ConfigError
+
+    if ctx is None:
+        return cls()
+    if isinstance(ctx, Mapping):
+        known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        unknown = sorted(set(ctx) - known)
+        if unknown:
+            raise ConfigError(f"unknown {what} keys {unknown}; known: {sorted(known)}")
+        return cls(**ctx)
+    return ctx

@@ -38,17 +38,15 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    HumanMessage,
     SystemMessage,
-    ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from effreason_agents.config import Config, config_from_data, default_config_data, load_config
-from effreason_agents.core.messages import check_tool_messages, messages_to_question
-from effreason_agents.errors import ConfigError, InvalidQuestionError
+from effreason_agents.core.messages import block_text, check_tool_messages, messages_to_question
+from effreason_agents.errors import ConfigError
 
 __all__ = ["ChatCostAware", "check_tool_messages", "messages_to_question"]
 
@@ -341,7 +339,7 @@ class ChatCostAware(BaseChatModel):
 
         messages_to_question(messages)  # the same bad-input checks as a graph call
         middleware = self.tool_middleware()
-        system = [str(_block_text(m.content, "system message")).strip() for m in messages if isinstance(m, SystemMessage)]
+        system = [str(block_text(m.content, "system message")).strip() for m in messages if isinstance(m, SystemMessage)]
         rest = [m for m in messages if not isinstance(m, SystemMessage)]
         request = ModelRequest(
             model=self,

@@ -51,7 +51,6 @@ so adapting a ``ModelRouterMiddleware``-style classifier is a few lines::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -61,7 +60,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 
 from effreason_agents.core.messages import check_tool_messages, last_human_text, message_text
 from effreason_agents.core.text import validate_question

@@ -383,6 +383,15 @@ def test_tool_call_goes_to_the_picked_tier_and_is_charged(make_graph: Any) -> No
     assert ledger.reserved(Scope("thread", "t1")).total_tokens == 0
 
 
+def test_a_tool_call_keeps_the_system_message_as_the_system_prompt(make_graph: Any) -> None:
+    h = make_graph(small=[tool_reply()])
+    msg = model_for(h).bind_tools([add]).invoke([SystemMessage("Use the tools."), HumanMessage(EASY)])
+    assert msg.tool_calls[0]["name"] == "add"
+    (sent,) = h.small.calls
+    assert isinstance(sent[0], SystemMessage) and sent[0].content == "Use the tools."
+    assert [type(m) for m in sent[1:]] == [HumanMessage]
+
+
 def test_tools_tier_sends_every_tool_call_to_that_tier(make_graph: Any) -> None:
     h = make_graph(large=[tool_reply("large-served")])
     msg = model_for(h, tools_tier="large").bind_tools([add]).invoke(EASY)
