@@ -189,7 +189,6 @@ class AttemptRunner:
         self, *, request_id: str, index: int, scopes: Sequence[Scope], arm: Mapping[str, Any], question: str,
         features: Mapping[str, Any] | None, difficulty: str | None = None, retry: Mapping[str, Any] | None = None,
         threshold: float | None = None, limits: Mapping[Scope, LimitConfig] | None = None,
-        config: Any = None,
     ) -> dict[str, Any]:
         """Run ``arm`` on ``question`` as attempt ``index`` of the request and return the
         attempt record (the fields of :class:`~effreason_agents.adapters.store.AttemptRecord`
@@ -218,7 +217,9 @@ class AttemptRunner:
             retry_of=retry.get("of"), budget_tokens=budget_tokens, budget_method=budget_method,
         ).model_dump()
         samples = int(arm.get("samples") or 1)
-        prompt_tokens = max(int(arm["prompt_tokens"]), client.prompt_bound(prompt.messages))
+        prompt_tokens = int(arm["prompt_tokens"])  # bounded when the arm was planned
+        if budget_tokens is not None:  # budget-cot: the prompt names this request's N
+            prompt_tokens = max(prompt_tokens, client.prompt_bound(prompt.messages))
         try:
             if strategy.kind == "sc":
                 from effreason_agents.engine.sampling import sample_arm
@@ -228,7 +229,7 @@ class AttemptRunner:
 
                 rounds = samples
             else:
-                run_cfg = config if config is not None else attempt_config(arm, difficulty=difficulty, attempt=index)
+                run_cfg = attempt_config(arm, difficulty=difficulty, attempt=index)
 
                 def invoke() -> Completion:
                     return client.complete(
@@ -287,7 +288,7 @@ class AttemptRunner:
         )
         return attempt
 
-    def _side_call(
+    def side_call(
         self, client: TierClient, key: str, scopes: Sequence[Scope], limits: Any, extra: Completion,
         messages: Sequence[Any], max_tokens: int,
     ) -> Completion | None:
@@ -314,7 +315,7 @@ class AttemptRunner:
         """AutoMix-style self-verification: P(yes) that ``answer`` is right, from the tier."""
         messages = [SystemMessage(VERIFY_SYSTEM),
                     HumanMessage(f"Question: {question}\nProposed answer: {answer}\nIs the proposed answer correct?")]
-        c = self._side_call(client, key, scopes, limits, extra, messages, 1)
+        c = self.side_call(client, key, scopes, limits, extra, messages, 1)
         return None if c is None else p_yes(c.logprobs, c.text)
 
     def _budget_tokens(
@@ -328,20 +329,21 @@ class AttemptRunner:
 
         ladder = self.config.usable_ladder(self.services.environ)
         cheapest = self.services.clients.get(ladder[0].tier) if ladder else None
-        held_client = None
-        if cheapest is not None:
-            runner = self
-
-            class _Held:
-                """The cheapest tier, every call held and charged to this attempt."""
-
-                def complete(self, messages: Sequence[Any], *, max_tokens: int, temperature: float = 0.0) -> Completion:
-                    c = runner._side_call(cheapest, key, scopes, limits, extra, messages, max_tokens)
-                    if c is None:
-                        raise TierError(cheapest.name, "the estimate did not fit the budget or the tier failed")
-                    return c
-
-            held_client = _Held()
+        held_client = None if cheapest is None else _ChargedClient(self, cheapest, key, scopes, limits, extra)
         est = estimate_budget(question, self.config.budget, client=held_client)
         return int(est.tokens), est.method
 
+
+class _ChargedClient:
+    """A tier as the budget estimator calls it (``complete(messages, max_tokens=...)``), every
+    call held in the ledger and charged to the attempt it estimates for."""
+
+    def __init__(self, runner: AttemptRunner, client: TierClient, key: str, scopes: Sequence[Scope],
+                 limits: Any, extra: Completion) -> None:
+        self.runner, self.client, self.key, self.scopes, self.limits, self.extra = runner, client, key, scopes, limits, extra
+
+    def complete(self, messages: Sequence[Any], *, max_tokens: int, temperature: float = 0.0) -> Completion:
+        c = self.runner.side_call(self.client, self.key, self.scopes, self.limits, self.extra, messages, max_tokens)
+        if c is None:
+            raise TierError(self.client.name, "the estimate did not fit the budget or the tier failed")
+        return c

@@ -22,7 +22,8 @@ from effreason_agents.engine.sampling import (
     sample_until_settled,
 )
 from effreason_agents.core.prompts import DIRECT_PREFIX, build_prompt
-from effreason_agents.adapters.tiers import TierClient, TokenLogprob, cost_usd
+from effreason_agents.adapters.tiers import TierClient, cost_usd
+from effreason_agents.core.records import TokenLogprob
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Give the final answer after ####."}]
 

@@ -25,7 +25,7 @@ from effreason_agents.engine.estimator import (
     rows_from_store,
     tale_budget,
 )
-from effreason_agents.adapters.tiers import Completion
+from effreason_agents.core.records import Completion
 
 EASY = "What is 2 + 3?"
 MEDIUM = "Sam has 5 pens and buys 3 more. How many pens does he have?"

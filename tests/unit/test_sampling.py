@@ -29,7 +29,8 @@ from effreason_agents.engine.sampling import (
     sample_until_settled,
     settled,
 )
-from effreason_agents.adapters.tiers import TierClient, TokenLogprob, estimate_tokens
+from effreason_agents.adapters.tiers import TierClient, estimate_tokens
+from effreason_agents.core.records import TokenLogprob
 
 # -- beta_stop ----------------------------------------------------------------------------
 

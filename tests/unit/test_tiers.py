@@ -20,16 +20,9 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from effreason_agents.config import Capabilities, TierConfig, config_from_data, default_config_data
 from effreason_agents.errors import TierError
-from effreason_agents.adapters.tiers import (
-    TierClient,
-    TokenLogprob,
-    error_kind,
-    parse_logprobs,
-    clients_for,
-    cost_usd,
-    estimate_tokens,
-    format_usd,
-)
+from effreason_agents.adapters.tiers import TierClient, clients_for, cost_usd, error_kind, estimate_tokens, parse_logprobs
+from effreason_agents.core.money import format_usd
+from effreason_agents.core.records import TokenLogprob
 
 pytestmark = pytest.mark.timeout(60)
 

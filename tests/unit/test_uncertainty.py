@@ -7,7 +7,7 @@ import math
 import pytest
 
 from effreason_agents.core.prompts import parse_answer
-from effreason_agents.adapters.tiers import TokenLogprob
+from effreason_agents.core.records import TokenLogprob
 from effreason_agents.core.confidence import (
     HEURISTIC_METHOD,
     SIGNAL_NAMES,
