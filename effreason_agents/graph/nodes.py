@@ -219,26 +219,30 @@ class ReasoningNodes:
         except EffReasonError:
             return 0  # the question-based estimate stands
 
+    @staticmethod
+    def _question_tokens(client: TierClient, question: str) -> int:
+        try:
+            return client.count_tokens(question)
+        except EffReasonError as exc:  # the tier's tokenizer is unavailable: estimate, and let solve report it
+            logger.warning("counting tokens on tier %r failed (%s); using an estimate", client.name, exc)
+            return estimate_tokens(question)
+
     def plan_arms(self, question: str, answer_type: str = "number") -> list[dict[str, Any]]:
         """The usable ladder for ``question``: enabled tiers whose context fits it, each arm
         with its prompt bound and priced worst case."""
         ladder = self.config.usable_ladder(self.services.environ)
         if not ladder:
             raise ConfigError("no enabled tier on the escalation ladder: enable a tier or set its API key")
-        counts: dict[str, int] = {}
         arms: list[dict[str, Any]] = []
         largest = 0
         for arm in ladder:
             tier = self.config.tiers[arm.tier]
             client = self.services.clients[arm.tier]
-            if arm.tier not in counts:
-                try:
-                    q_tokens = client.count_tokens(question)
-                except EffReasonError as exc:  # the tier's tokenizer is unavailable: estimate, and let solve report it
-                    logger.warning("counting tokens on tier %r failed (%s); using an estimate", arm.tier, exc)
-                    q_tokens = estimate_tokens(question)
-                counts[arm.tier] = q_tokens + PROMPT_OVERHEAD_TOKENS
-            prompt_tokens = max(counts[arm.tier], self._prompt_tokens(client, arm.strategy, question, answer_type))
+            # the bound of the prompt the arm sends; the question's count plus an allowance
+            # when the prompt cannot be bounded (the tier's tokenizer is unavailable)
+            prompt_tokens = self._prompt_tokens(client, arm.strategy, question, answer_type)
+            if not prompt_tokens:
+                prompt_tokens = self._question_tokens(client, question) + PROMPT_OVERHEAD_TOKENS
             max_tokens = self.config.arm_max_tokens(arm)
             strategy = self.config.strategies[arm.strategy]
             samples = strategy.samples if strategy.kind == "sc" else 1
@@ -260,7 +264,7 @@ class ReasoningNodes:
                 }
             )
         if not arms:
-            q_tokens = min(counts.values()) - PROMPT_OVERHEAD_TOKENS
+            q_tokens = self._question_tokens(self.services.clients[ladder[0].tier], question)
             raise InvalidQuestionError(
                 f"the question is too long: about {q_tokens} tokens, and no enabled tier's context "
                 f"(largest: {largest} tokens) holds it with its prompt and answer; shorten it"
