@@ -20,9 +20,11 @@ __all__ = [
     "EmbeddedServerError",
     "EngineUnavailableError",
     "InvalidQuestionError",
+    "RequestError",
     "LedgerError",
     "StoreError",
     "TierError",
+    "VirtualKeyError",
 ]
 
 
@@ -65,6 +67,11 @@ class StoreError(EffReasonError):
 class LedgerError(EffReasonError):
     """The budget ledger could not be opened or written, or a hold was misused
     (settled without being reserved)."""
+
+
+class VirtualKeyError(EffReasonError):
+    """A virtual API key cannot be created, found or revoked as asked (a name already
+    taken, an unknown key, a budget or rate limit out of range); nothing was written."""
 
 
 class BudgetExhausted(EffReasonError):
@@ -117,3 +124,22 @@ def _rebuild_budget_exhausted(
     scope: Scope, limit: str, needed: int, remaining: int, limit_value: int, used: int
 ) -> BudgetExhausted:
     return BudgetExhausted(scope, limit, needed=needed, remaining=remaining, limit_value=limit_value, used=used)
+
+
+class RequestError(EffReasonError, ValueError):
+    """An HTTP request the OpenAI-compatible server refuses, before any model call or hold.
+
+    ``status`` is the HTTP status, ``param`` the offending request field (``None`` when it is
+    not about one field), ``code`` OpenAI's error code (e.g. ``"model_not_found"``,
+    ``"insufficient_quota"``) and ``type`` OpenAI's error type."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        type: str = "invalid_request_error", headers: dict[str, str] | None = None,  # noqa: A002 - OpenAI's name
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+        self.type = type
+        self.headers = dict(headers or {})

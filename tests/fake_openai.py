@@ -28,8 +28,10 @@ may change while the server runs:
     sleeps ``slow_s`` seconds (woken early by :meth:`FakeOpenAI.close`), then answers as ``ok``.
 
 It honours ``max_tokens`` / ``max_completion_tokens`` (the reply is cut to that many tokens,
-finish reason ``length``) and ``n`` (n identical choices, usage summed), and refuses
-``stream: true`` (HTTP 400). ``calls`` counts the requests answered with HTTP 200;
+finish reason ``length``) and ``n`` (n identical choices, usage summed). ``stream: true``
+gets server-sent chunks, one token each (``stream_delay_s`` apart), with a final usage chunk
+when ``stream_options.include_usage`` is set; ``streams_cut`` counts streams whose client
+went away. ``calls`` counts the requests answered with HTTP 200;
 ``requests`` holds every request body received and ``responses`` every 200 body sent.
 
 ::
@@ -120,6 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake._received(body, self.headers.get("Authorization", ""))
         status, payload = fake._answer(body, self.headers.get("Authorization", ""))
+        if status == 200 and body.get("stream"):
+            if self._stream(payload, bool((body.get("stream_options") or {}).get("include_usage"))):
+                fake._answered(payload)
+            return
         sent = self._send(status, payload)
         if sent and status == 200:
             fake._answered(payload)
@@ -137,6 +143,42 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
         except OSError:  # the client went away (timed out, killed)
+            return False
+        return True
+
+    def _stream(self, payload: Mapping[str, Any], include_usage: bool) -> bool:
+        """``payload`` as server-sent ``chat.completion.chunk`` events, one token per chunk
+        (``stream_delay_s`` apart), then the usage chunk when asked; the connection closes
+        after ``[DONE]``. ``False`` when the client went away mid-stream."""
+        fake = self.server.fake
+        base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        choice = payload["choices"][0]
+        content = choice["message"]["content"]
+        tokens = [t for i, t in enumerate(ANSWER_TOKENS) if len("".join(ANSWER_TOKENS[: i + 1])) <= len(content)]
+        events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+        events += [{**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in tokens]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+        if include_usage and "usage" in payload:
+            events.append({**base, "choices": [], "usage": payload["usage"]})
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            for i, event in enumerate(events):
+                if i > 1 and fake.stream_delay_s:
+                    if fake._stop.wait(fake.stream_delay_s):
+                        return False
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+                with fake._lock:
+                    fake.streamed_chunks += 1
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:  # the client went away mid-stream
+            with fake._lock:
+                fake.streams_cut += 1
             return False
         return True
 
@@ -169,6 +211,11 @@ class FakeOpenAI:
         self.slow_s = float(slow_s)
         self.model = model
         """The model name replies carry (default: the one requested)."""
+        self.stream_delay_s = 0.0
+        """Seconds between streamed tokens (``stream: true`` requests)."""
+        self.streamed_chunks = 0
+        self.streams_cut = 0
+        """Streams whose client went away before ``[DONE]``."""
         self._calls = 0
         self._seq = itertools.count()
         self._bad_seq = itertools.count()
@@ -288,8 +335,6 @@ class FakeOpenAI:
 
     def _answer(self, body: Mapping[str, Any], authorization: str) -> tuple[int, dict[str, Any]]:
         mode = self.mode
-        if body.get("stream"):
-            return 400, _error_body("this fake serves stream=false only", "invalid_request_error")
         if mode == "error_500":
             return 500, _error_body("The server had an error while processing your request. Sorry about that!",
                                     "server_error")

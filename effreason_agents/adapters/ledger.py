@@ -123,6 +123,30 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "DROP INDEX idx_reservation_scopes_scope",
         ],
     ),
+    (
+        # Virtual API keys (adapters/keys.py): only the SHA-256 of each key is stored; each
+        # key spends as the user scope "key:<id>". rate_windows counts a key's requests per
+        # one-minute window, shared by every process on this file.
+        "0003_virtual_keys",
+        [
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                key_hash TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                rpm INTEGER,
+                thread_max_micro_usd INTEGER,
+                created_at REAL NOT NULL,
+                revoked_at REAL
+            )""",
+            """CREATE TABLE rate_windows (
+                key_id TEXT NOT NULL,
+                window INTEGER NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (key_id, window)
+            )""",
+        ],
+    ),
 ]
 
 _SCOPE_TOTALS_SQL = """

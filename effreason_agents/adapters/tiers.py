@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -226,7 +226,8 @@ class TierClient:
                 return "cl100k"
         return "bytes"
 
-    def _count_bound(self, text: str) -> int:
+    def text_bound(self, text: str) -> int:
+        """An upper bound of the tokens of ``text`` on this tier (see :meth:`tokenizer`)."""
         how = self.tokenizer()
         if how == "server" and self.tier.engine == "embedded":
             return int(self._embedded_server().count_tokens(text))
@@ -261,7 +262,7 @@ class TierClient:
         for t in tools:
             texts.append(_tool_text(t))
         body = "\n".join(x for x in texts if x)
-        return self._count_bound(body) + MESSAGE_OVERHEAD_TOKENS * (len(texts) + 1)
+        return self.text_bound(body) + MESSAGE_OVERHEAD_TOKENS * (len(texts) + 1)
 
     def secrets(self) -> list[str]:
         """The tier's API key, when it has one (redacted from every error message)."""
@@ -443,6 +444,66 @@ class TierClient:
                 raise
             raise err from exc
         return self.completion(msg, prefill, time.perf_counter() - start)
+
+    async def achat(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Completion:
+        """One chat completion of a caller's own messages (the HTTP server's pinned-tier and
+        tool calls), async, with OpenAI ``tools`` / ``tool_choice`` / ``response_format``
+        passed through.
+
+        With ``on_text`` the reply streams: ``on_text(piece)`` is called for every piece of
+        content as the tier generates it, and usage comes from the stream's final usage
+        chunk. When ``cancelled()`` turns true between pieces (the client went away) the
+        stream is closed, which stops generation on llama.cpp and vLLM, and the
+        :class:`Completion` returned holds the text generated so far with
+        ``finish_reason="cancelled"`` and no reported usage (the caller prices what was
+        generated)."""
+        kwargs = self.call_settings(max_tokens=max_tokens, temperature=temperature, stop=stop, want_logprobs=False)
+        if tools:
+            kwargs["tools"] = [dict(t) for t in tools]
+            if tool_choice is not None:
+                kwargs["tool_choice"] = tool_choice
+        if response_format is not None:
+            kwargs["response_format"] = dict(response_format)
+        model = self._shared_model()
+        start = time.perf_counter()
+        try:
+            if on_text is None:
+                msg = await model.ainvoke(list(messages), **kwargs)
+                return self.completion(msg, "", time.perf_counter() - start)
+            merged: Any = None
+            stream = model.astream(list(messages), stream_usage=True, **kwargs)
+            try:
+                async for chunk in stream:
+                    merged = chunk if merged is None else merged + chunk
+                    piece = chunk.content if isinstance(chunk.content, str) else message_text(chunk)
+                    if piece:
+                        on_text(piece)
+                    if cancelled is not None and cancelled():
+                        c = self.completion(merged, "", time.perf_counter() - start)
+                        c.finish_reason, c.usage_reported = "cancelled", False
+                        return c
+            finally:
+                await stream.aclose()  # closes the HTTP stream: the engine stops generating
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes a TierError
+            err = self.failure(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        if merged is None:
+            raise self.error("the stream ended without a reply", ErrorKind.BAD_RESPONSE)
+        return self.completion(merged, "", time.perf_counter() - start)
 
     def sample(
         self, messages: Sequence[BaseMessage], *, n: int, max_tokens: int, temperature: float,

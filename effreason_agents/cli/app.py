@@ -15,9 +15,10 @@ from effreason_agents.cli.budget import budget_app
 from effreason_agents.cli.calibrate import calibrate
 from effreason_agents.cli.chat import chat
 from effreason_agents.cli.demo import demo
+from effreason_agents.cli.keys import keys_app
 from effreason_agents.cli.log import log_app
 from effreason_agents.cli.router import router_app
-from effreason_agents.cli.serve import serve_local
+from effreason_agents.cli.serve import serve, serve_local
 
 __all__ = ["app", "main"]
 
@@ -53,8 +54,10 @@ app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
 app.command("calibrate")(calibrate)
+app.command("serve")(serve)
 app.command("serve-local")(serve_local)
 app.add_typer(budget_app, name="budget")
+app.add_typer(keys_app, name="keys")
 app.add_typer(log_app, name="log")
 app.add_typer(router_app, name="router")
 

@@ -1,4 +1,5 @@
-"""``effreason serve-local``: a local OpenAI-compatible model server in the foreground."""
+"""``effreason serve``: the cost-aware graph as an OpenAI-compatible HTTP server; ``effreason
+serve-local``: a local model server (llama.cpp or vLLM) for other processes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from effreason_agents.cli.options import ConfigOpt, load
 from effreason_agents.cli.render import fail
 from effreason_agents.errors import EffReasonError
 
-__all__ = ["serve_local"]
+__all__ = ["serve", "serve_local"]
 
 
 def serve_local(
@@ -34,5 +35,66 @@ def serve_local(
             settings = settings.model_copy(update={"model_path": model})
         run_server(engine=engine, model=model, host=host, port=port, settings=settings,
                    echo=lambda s: print(s, flush=True))
+    except EffReasonError as exc:
+        fail(exc)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8400, "--port", "-p", min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64,
+                                help="Worker processes; they share the budget ledger, the outcome store and the keys."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a virtual key (local development "
+                                 "only; refused on a non-loopback host). Requests are then charged to the 'user' they name."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body (413 above)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Serve the cost-aware graph over the OpenAI protocol (Ctrl-C stops it).
+
+    Model "effreason" answers with the cheapest confident arm; "effreason/<tier>" makes one
+    call on that tier. Every call is held in the budget ledger under the request, the
+    virtual key and its thread (X-Effreason-Thread header). Create keys with
+    `effreason keys create`; point any OpenAI client at http://HOST:PORT/v1.
+    """
+    import os
+    import tempfile
+
+    from effreason_agents.server.app import SERVE_CONFIG_ENV, SERVE_MAX_BODY_ENV, SERVE_NO_AUTH_ENV, create_app
+    from effreason_agents.server.metrics import MULTIPROC_ENV
+
+    if no_auth and not _loopback(host):
+        fail(EffReasonError(f"--no-auth is for local development only and is refused on {host}; "
+                            "create keys with `effreason keys create` instead"))
+    try:
+        cfg = load(config)
+        import uvicorn
+    except EffReasonError as exc:
+        fail(exc)
+    if config is not None:
+        os.environ[SERVE_CONFIG_ENV] = str(Path(config).resolve())
+    os.environ[SERVE_NO_AUTH_ENV] = "1" if no_auth else "0"
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="effreason-metrics-")
+    print(f"effreason serve: http://{host}:{port}/v1 — {workers} worker(s), "
+          f"{'no keys (local development)' if no_auth else 'virtual keys required'}; "
+          f"ledger {cfg.ledger_path()}", flush=True)
+    common: dict[str, object] = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    try:
+        if workers == 1:
+            uvicorn.run(create_app(cfg, auth=not no_auth, max_body_bytes=max_body_bytes), **common)
+        else:
+            os.environ[SERVE_MAX_BODY_ENV] = str(max_body_bytes)
+            uvicorn.run("effreason_agents.server.app:app_from_environment", factory=True, workers=workers, **common)
     except EffReasonError as exc:
         fail(exc)

@@ -184,6 +184,30 @@ class AttemptRunner:
         return self.call(key, scopes, client, prompt_tokens=prompt, max_tokens=max_tokens, limits=limits,
                          invoke=lambda: client.complete(messages, max_tokens=max_tokens, **opts))
 
+    async def achat(
+        self, key: str, scopes: Sequence[Scope], client: TierClient, messages: Sequence[Any], *, max_tokens: int,
+        limits: Mapping[Scope, LimitConfig] | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+        **opts: Any,
+    ) -> Held:
+        """One held call of a caller's own ``messages`` (and OpenAI ``tools``) on ``client``:
+        the HTTP server's pinned-tier calls. ``opts`` as :meth:`TierClient.achat
+        <effreason_agents.adapters.tiers.TierClient.achat>` takes them (streaming included).
+
+        A stream its client cancelled is settled for what was generated: the prompt's bound
+        plus the bound of the text generated so far (never more than ``max_tokens``)."""
+        prompt_tokens = await asyncio.to_thread(client.prompt_bound, messages, tools or ())
+
+        async def invoke() -> Completion:
+            c = await client.achat(messages, max_tokens=max_tokens, tools=tools, **opts)
+            if c.finish_reason == "cancelled" and not c.usage_reported:
+                out = min(max_tokens, await asyncio.to_thread(client.text_bound, c.text))
+                c.input_tokens, c.output_tokens = prompt_tokens, out
+                c.cost_usd, c.usage_reported = cost_usd(client.tier, prompt_tokens, out), True
+            return c
+
+        return await self.acall(key, scopes, client, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                invoke=invoke, limits=limits)
+
     # -- one graph attempt --------------------------------------------------------------
     def run_arm(
         self, *, request_id: str, index: int, scopes: Sequence[Scope], arm: Mapping[str, Any], question: str,

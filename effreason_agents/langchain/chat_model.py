@@ -565,6 +565,7 @@ def result_message(result: Mapping[str, Any], stop: Sequence[str] | None = None)
         "status": status,
         "answered": answer is not None,
         "request_id": result.get("request_id"),
+        "budget_scope": result.get("budget_scope"),
         "finish_reason": chosen.get("finish_reason") or "stop",
     }
     return AIMessage(

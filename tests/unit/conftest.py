@@ -8,6 +8,9 @@
     ``ok``; set ``fake_openai.mode`` to change how it answers.
 ``make_fake_openai``
     starts more of them: ``make_fake_openai("error_500")``; all are closed after the test.
+``serve_app``
+    runs an ASGI app (the OpenAI-compatible server) under uvicorn on a free loopback port in
+    a thread: ``base_url = serve_app(app)`` (``http://127.0.0.1:PORT``); stopped after the test.
 """
 
 from __future__ import annotations
@@ -74,3 +77,34 @@ def make_fake_openai() -> Iterator[Callable[..., FakeOpenAI]]:
 @pytest.fixture()
 def fake_openai(make_fake_openai: Callable[..., FakeOpenAI]) -> FakeOpenAI:
     return make_fake_openai("ok")
+
+
+@pytest.fixture()
+def serve_app() -> Iterator[Callable[[Any], str]]:
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    running: list[tuple[Any, threading.Thread]] = []
+
+    def serve(app: Any) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        running.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(30)

@@ -61,11 +61,19 @@ def test_errors_are_not_counted_as_calls(make_fake_openai: Callable[..., FakeOpe
     server.mode = "error_with_key"
     with pytest.raises(openai.BadRequestError, match="sk-quoted-key"):
         client(server, key="sk-quoted-key").chat.completions.create(model="fake", messages=MESSAGES)  # type: ignore[arg-type]
-    server.mode = "ok"
-    with pytest.raises(openai.BadRequestError, match="stream=false"):
-        list(client(server).chat.completions.create(model="fake", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
-    assert (server.calls, server.received) == (0, 3)
+    assert (server.calls, server.received) == (0, 2)
     assert server.authorization[1] == "Bearer sk-quoted-key"
+
+
+def test_streams_one_token_per_chunk_with_usage_last(make_fake_openai: Callable[..., FakeOpenAI]) -> None:
+    server = make_fake_openai("ok")
+    chunks = list(client(server).chat.completions.create(  # type: ignore[call-overload]
+        model="fake", messages=MESSAGES, stream=True, stream_options={"include_usage": True}, max_tokens=5))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The answer is 5"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert server.calls == 1 and server.streamed_chunks == len(chunks)
 
 
 def test_slow_answers_after_the_delay_and_times_a_client_out(make_fake_openai: Callable[..., FakeOpenAI]) -> None:
