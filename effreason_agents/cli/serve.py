@@ -62,10 +62,9 @@ def serve(
 ) -> None:
     """Serve the cost-aware graph over the OpenAI protocol (Ctrl-C stops it).
 
-    Model "effreason" answers with the cheapest confident arm; "effreason/<tier>" makes one
-    call on that tier. Every call is held in the budget ledger under the request, the
-    virtual key and its thread (X-Effreason-Thread header). Create keys with
-    `effreason keys create`; point any OpenAI client at http://HOST:PORT/v1.
+    Model "effreason" answers with the cheapest confident arm; "effreason/<tier>" makes one call on that tier. Every call is held in the budget ledger under the request, the virtual key and its thread (X-Effreason-Thread header).
+
+    Create keys with `effreason keys create`; point any OpenAI client at http://HOST:PORT/v1.
     """
     import os
     import tempfile

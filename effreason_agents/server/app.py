@@ -71,6 +71,7 @@ PINNED_MAX_TOKENS = 1024
 STREAM_PIECE_CHARS = 16
 """Characters per chunk when a settled answer is streamed."""
 _GRAPH_CACHE = 8
+_THREADS_REMEMBERED = 10_000
 _DONE = object()
 
 
@@ -116,6 +117,7 @@ class Server:
         self._graphs: OrderedDict[int, Any] = OrderedDict()
         self._keys: Any = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._threads: OrderedDict[Scope, None] = OrderedDict()  # thread scopes whose limits are set
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -183,8 +185,11 @@ class Server:
         scope = caller.key.thread_scope(thread)
         caller.thread_id = scope.key
         limits = caller.key.thread_limits()
-        if limits is not None:
+        if limits is not None and scope not in self._threads:  # the ledger keeps a scope's first limits
             await asyncio.to_thread(self.services.ledger.ensure_limits, {scope: limits})
+            self._threads[scope] = None
+            if len(self._threads) > _THREADS_REMEMBERED:
+                self._threads.popitem(last=False)
         return caller
 
     async def admit(self, caller: _Caller) -> None:

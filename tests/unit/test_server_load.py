@@ -35,13 +35,21 @@ _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from budget_helpers import assert_budget_kept, billed_micro, config_data, fake_tier, hold_counts  # noqa: E402
+from budget_helpers import (  # noqa: E402
+    assert_budget_kept,
+    billed_micro,
+    config_data,
+    fake_tier,
+    hold_counts,
+    ledger_rows,
+)
 from fake_openai import FakeOpenAI  # noqa: E402
 from serve_process import ServeProcess, write_toml  # noqa: E402
 
 from effreason_agents.adapters.keys import KeyStore  # noqa: E402
 from effreason_agents.adapters.ledger import BudgetLedger  # noqa: E402
 from effreason_agents.core.money import to_micro  # noqa: E402
+from effreason_agents.core.records import Status  # noqa: E402
 
 REQUESTS = 2000
 CLIENTS = 100
@@ -49,10 +57,12 @@ WORKERS = 2
 KEY_BUDGETS = ("0.01", "0.02", "0.04", "0.06", "1")
 """Dollar budgets of the five keys: the first four run out part-way (their share of the
 requests would cost about $0.1 each), the last never does (it must see no 429)."""
-THREAD_KEY, THREAD_BUDGET = 2, "0.004"
+THREAD_KEY, THREAD_BUDGET = 2, "0.0005"
 """The key whose conversation threads are capped, and the cap of each thread."""
 FAST = {"price_in": "1.0", "price_out": "4.0"}
 STRONG = {"price_in": "10", "price_out": "40"}
+ANSWER_STATUSES = {Status.ANSWERED, Status.LOW_CONFIDENCE, Status.BUDGET_EXHAUSTED}
+"""How a request that answered may have ended (never ``failed``: the upstreams always answer)."""
 INFO_FIELDS = {"request_id", "tier", "arms_tried", "escalated", "confidence", "status", "cost_usd", "remaining_usd"}
 
 
@@ -127,7 +137,7 @@ def check_info(o: Outcome, info: Any) -> dict[str, Any]:
     assert info["arms_tried"] and all(isinstance(a, str) for a in info["arms_tried"]), f"{where}: {info}"
     if o.model != "effreason":
         assert info["tier"] == o.model.split("/", 1)[1] and info["arms_tried"] == [f"{info['tier']}:pinned"], info
-    assert info["status"] in ("answered", "budget_exhausted"), f"{where}: status {info['status']!r}"
+    assert info["status"] in ANSWER_STATUSES, f"{where}: status {info['status']!r}"
     assert isinstance(info["escalated"], bool), info
     assert Decimal(info["cost_usd"]) > 0, f"{where}: an answered request cost {info['cost_usd']}"
     left = info["remaining_usd"]
@@ -247,15 +257,9 @@ def test_two_workers_keep_every_budget_under_load(tmp_path: Path) -> None:
                 assert spent == reported, f"key {k}: the ledger charged {spent} µ$, the responses reported {reported}"
                 spent_total += spent
         billed = billed_micro(fast_api.responses, tiers["fast"]) + billed_micro(strong_api.responses, tiers["strong"])
-        committed = sum(row["actual_micro_usd"] for row in _committed(ledger_path))
+        committed = sum(row["actual_micro_usd"] for row in ledger_rows(ledger_path) if row["status"] == "committed")
         assert committed == billed, f"the ledger settled {committed} µ$, the upstreams billed {billed} µ$"
         assert spent_total == billed, f"the keys were charged {spent_total} µ$, the upstreams billed {billed} µ$"
-
-
-def _committed(path: Path) -> list[dict[str, Any]]:
-    from budget_helpers import ledger_rows
-
-    return [row for row in ledger_rows(path) if row["status"] == "committed"]
 
 
 if __name__ == "__main__":  # pragma: no cover - run alone: python tests/unit/test_server_load.py
