@@ -53,6 +53,7 @@ from effreason_agents.server.protocol import (
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_THREADS",
     "PINNED_MAX_TOKENS",
     "SERVE_CONFIG_ENV",
     "SERVE_MAX_BODY_ENV",
@@ -70,6 +71,8 @@ PINNED_MAX_TOKENS = 1024
 """Output cap of a pinned-tier call that names none (the hold's worst case needs one)."""
 STREAM_PIECE_CHARS = 16
 """Characters per chunk when a settled answer is streamed."""
+DEFAULT_THREADS = 128
+"""Threads per worker process for graph requests and ledger work."""
 _GRAPH_CACHE = 8
 _THREADS_REMEMBERED = 10_000
 _DONE = object()
@@ -151,8 +154,8 @@ class Server:
 
             model = ChatCostAware(config=self.config, max_tokens=max_tokens)
             self._graphs[max_tokens] = model
-            if len(self._graphs) > _GRAPH_CACHE:
-                self._graphs.popitem(last=False)[1].close()
+            if len(self._graphs) > _GRAPH_CACHE:  # not closed: requests in flight may still use it;
+                self._graphs.popitem(last=False)  # its ledger and store connections close with it
         else:
             self._graphs.move_to_end(max_tokens)
         return model
@@ -561,15 +564,23 @@ def _headers(info: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def create_app(config: Config, *, auth: bool = True, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+def create_app(config: Config, *, auth: bool = True, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               threads: int = DEFAULT_THREADS) -> Starlette:
     """The ASGI app for ``config``. With ``auth`` every request needs a virtual key
-    (``effreason keys create``); without it requests are charged to the ``user`` they name."""
+    (``effreason keys create``); without it requests are charged to the ``user`` they name.
+    ``threads``: how many requests may wait on a tier at once in this process."""
     import contextlib
 
     server = Server(config, auth=auth, max_body_bytes=max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # graph requests and ledger work run in threads: enough of them that requests waiting
+        # on a slow tier do not queue behind each other (asyncio's default is cores + 4)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="effreason")
+        asyncio.get_running_loop().set_default_executor(pool)
         yield
         await server.close()
 

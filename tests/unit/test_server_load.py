@@ -161,6 +161,8 @@ def check_completion(o: Outcome) -> None:
     assert o.headers["x-effreason-request-id"] == o.info["request_id"], o.headers
     assert o.headers["x-effreason-cost-usd"] == o.info["cost_usd"], o.headers
     assert o.headers["x-effreason-remaining-user-usd"] == o.info["remaining_usd"]["user"], o.headers
+    if o.info["remaining_usd"].get("thread") is not None:
+        assert o.headers["x-effreason-remaining-thread-usd"] == o.info["remaining_usd"]["thread"], o.headers
 
 
 def check_stream(o: Outcome) -> None:
@@ -235,6 +237,9 @@ def test_two_workers_keep_every_budget_under_load(tmp_path: Path) -> None:
         for k in range(len(KEY_BUDGETS) - 1):
             assert per_key[k][200] > 0 and per_key[k][429] > 0, f"key {k} should answer, then run out: {per_key}"
         assert per_key[len(KEY_BUDGETS) - 1][429] == 0, f"the $1 key was refused: {per_key}"
+        thread_refusals = [o for o in outcomes
+                           if o.status == 429 and "thread budget" in json.loads(o.text)["error"]["message"]]
+        assert thread_refusals and {o.key for o in thread_refusals} == {THREAD_KEY}, "no thread cap was reached"
         assert sum(o.info["escalated"] for o in answered) > 0, "no graph request escalated"
         assert any(o.info["status"] == "budget_exhausted" for o in answered), "no request budget stopped an escalation"
         assert any(o.stream for o in answered) and any(o.model == "effreason/strong" for o in answered)
