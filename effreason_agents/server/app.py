@@ -287,8 +287,9 @@ class Server:
             log.exception("chat completion failed")
             return _json(error_body("internal server error; see the server log", type="server_error"), 500)
         finally:
-            self.metrics.observe(model=model, tier=tier, key=label, status=status,
-                                 seconds=time.perf_counter() - started, info=info, usage=usage)
+            self.metrics.observe(model=model, tier=tier, key=label, status=status, seconds=time.perf_counter() - started)
+            if info is not None:
+                self.metrics.charged(tier=tier, key=label, info=info, usage=usage)
 
     # -- the cost-aware graph (model "effreason") -------------------------------------
     async def reasoned(self, req: ChatRequest, messages: list[BaseMessage], caller: _Caller) -> Response:
@@ -415,6 +416,7 @@ class Server:
                 self._log_pinned(request_id, tier, messages, held, caller, max_tokens)
                 message = self._message(held)
                 info = describe(held) | {"remaining_usd": await self.remaining(caller)}
+                self.metrics.charged(tier=tier, key=caller.label, info=info, usage=_usage_json(message))
                 tools = tool_calls_json(message)
                 if tools:
                     yield _sse(chunk_body(completion_id, req.model, created, delta={"tool_calls": [

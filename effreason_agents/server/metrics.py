@@ -45,11 +45,15 @@ class ServerMetrics:
             cls._instance = cls()
         return cls._instance
 
-    def observe(self, *, model: str, tier: str | None, key: str, status: int, seconds: float,
-                info: Mapping[str, Any] | None = None, usage: Mapping[str, int] | None = None) -> None:
-        tier_label = tier or "-"
-        self.requests.labels(model, tier_label, key, str(status)).inc()
+    def observe(self, *, model: str, tier: str | None, key: str, status: int, seconds: float) -> None:
+        """One answered or refused request."""
+        self.requests.labels(model, tier or "-", key, str(status)).inc()
         self.latency.labels(model).observe(seconds)
+
+    def charged(self, *, tier: str | None, key: str, info: Mapping[str, Any] | None,
+                usage: Mapping[str, int] | None) -> None:
+        """What a request's attempts billed (``usage`` summed over them, ``info`` its ``effreason`` field)."""
+        tier_label = tier or "-"
         if usage:
             self.tokens.labels(tier_label, key, "input").inc(int(usage.get("prompt_tokens") or 0))
             self.tokens.labels(tier_label, key, "output").inc(int(usage.get("completion_tokens") or 0))

@@ -288,10 +288,13 @@ def test_health_and_metrics(setup: Any) -> None:
     base, fake, config = setup()
     secret = key(config, "metered")
     client(base, secret).chat.completions.create(model="effreason", messages=Q)  # type: ignore[arg-type]
+    list(client(base, secret).chat.completions.create(model="effreason/large", messages=Q, stream=True))  # type: ignore[arg-type]
     post(base, {"model": "nope", "messages": Q}, secret)
     h = httpx.get(base + "/health").json()
     assert h["status"] == "ok" and h["ledger"]["ok"] and h["tiers"]["small"]["usable"]
     m = httpx.get(base + "/metrics").text
     assert 'effreason_requests_total{key="metered",model="effreason",status="200",tier="small"}' in m
     assert 'status="404"' in m and 'effreason_tokens_total{key="metered",kind="output",tier="small"} 10.0' in m
+    assert 'effreason_tokens_total{key="metered",kind="output",tier="large"} 10.0' in m  # a live stream too
+    assert 'effreason_cost_usd_total{key="metered",tier="large"}' in m
     assert secret not in m
