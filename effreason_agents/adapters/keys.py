@@ -335,10 +335,11 @@ class KeyStore(SQLiteFile):
         if key.rpm is None:
             return True, reset_s
         with self._transaction(f"count a request of key {key.name!r}") as conn:
-            conn.execute("DELETE FROM rate_windows WHERE key_id = ? AND window < ?", (key.id, window))
+            conn.execute("DELETE FROM rate_windows WHERE key_id = ? AND minute < ?", (key.id, window))
             admitted = conn.execute(
-                "INSERT INTO rate_windows (key_id, window, count) VALUES (?, ?, 1) "
-                "ON CONFLICT (key_id, window) DO UPDATE SET count = count + 1 WHERE count < ?",
+                "INSERT INTO rate_windows (key_id, minute, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (key_id, minute) DO UPDATE SET count = rate_windows.count + 1 "
+                "WHERE rate_windows.count < ?",
                 (key.id, window, key.rpm),
             ).rowcount
         return admitted > 0, reset_s

@@ -141,9 +141,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
             """CREATE TABLE rate_windows (
                 key_id TEXT NOT NULL,
-                window INTEGER NOT NULL,
+                minute INTEGER NOT NULL,
                 count INTEGER NOT NULL,
-                PRIMARY KEY (key_id, window)
+                PRIMARY KEY (key_id, minute)
             )""",
         ],
     ),

@@ -228,7 +228,7 @@ def test_rpm_admits_exactly_rpm_per_window_and_the_next_window_admits_again(path
         assert admitted and reset_s == pytest.approx(60.0)
         assert [store.admit(key)[0] for _ in range(3)] == [True, True, False]
     # Only the current window of the key is kept.
-    assert rows(path, "SELECT window, count FROM rate_windows") == [(1001, 3)]
+    assert rows(path, "SELECT minute, count FROM rate_windows") == [(1001, 3)]
 
 
 def test_keys_have_separate_rpm_counts_and_no_rpm_is_unlimited(path: Path) -> None:
