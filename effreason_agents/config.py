@@ -8,7 +8,8 @@ Where the configuration comes from, later sources winning:
 2. a TOML file: the path given explicitly (``--config``), else
    ``$EFFREASON_CONFIG``, else ``effreason.toml`` in the working directory;
    tables merge into the defaults key by key;
-3. environment overrides: ``EFFREASON_STORE`` (outcome store path),
+3. environment overrides: ``EFFREASON_STORE`` (outcome store path), ``EFFREASON_DATABASE_URL``
+   (one PostgreSQL database for the store, the ledger, the keys and the chat checkpoints),
    ``EFFREASON_CONFIDENCE_THRESHOLD``, and the generic form
    ``EFFREASON__SECTION__KEY=value`` (value parsed as JSON when it parses,
    e.g. ``EFFREASON__tiers__small__price_output_per_1m=0.1``).
@@ -290,6 +291,8 @@ class BudgetConfig(LimitConfig):
     thread: LimitConfig = Field(default_factory=LimitConfig, description="per conversation thread")
     user: LimitConfig = Field(default_factory=LimitConfig, description="per user or API key")
     ledger_path: str | None = Field(default=None, description="SQLite budget ledger; default: ledger.sqlite beside the store")
+    ledger_url: str | None = Field(default=None, description="PostgreSQL URL of the budget ledger and virtual keys; "
+                                   "default: the store's URL when it has one; EFFREASON_DATABASE_URL sets it")
     on_truncation: Literal["retry", "escalate"] = Field(
         default="escalate",
         description="a reply cut by its token cap: escalate to the next arm, or retry the arm once with a larger cap",
@@ -323,8 +326,29 @@ class RouterConfig(_Model):
                               "(overrides the artifact's calibrated policy)")
 
 
+def _postgres_url(value: str | None, field: str) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    if not str(value).strip().lower().startswith(("postgresql://", "postgres://")):
+        scheme = str(value).split("://", 1)[0] if "://" in str(value) else "no scheme"
+        raise ValueError(f"{field} must be a postgresql:// URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), "
+                         f"got one with {scheme!r}")
+    return str(value).strip()
+
+
 class StoreConfig(_Model):
     path: str | None = Field(default=None, description="SQLite file; default: the user data dir")
+    url: str | None = Field(default=None, description="PostgreSQL URL of the outcome store (postgresql://user:pass@host/db); "
+                            "overrides path; EFFREASON_DATABASE_URL sets it")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _postgres_url(v, "store.url")
+
+    def target(self) -> Path | str:
+        """Where the outcome store lives: the PostgreSQL URL, else the SQLite file."""
+        return self.url or self.resolved_path()
 
     def resolved_path(self) -> Path:
         if self.path:
@@ -382,6 +406,16 @@ class Config(_Model):
         if self.budget.ledger_path:
             return Path(self.budget.ledger_path).expanduser()
         return self.store.resolved_path().with_name("ledger.sqlite")
+
+    def ledger_target(self) -> Path | str:
+        """Where the budget ledger and the virtual keys live: ``budget.ledger_url``, else the
+        outcome store's PostgreSQL URL, else the SQLite file of :meth:`ledger_path`."""
+        return self.budget.ledger_url or self.store.url or self.ledger_path()
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL shared by every process and replica (the store's, else the
+        ledger's), where the chatbot keeps its checkpoints too; ``None`` on SQLite."""
+        return self.store.url or self.budget.ledger_url
 
     def arm_max_tokens(self, arm: ArmConfig) -> int:
         return arm.max_tokens or self.strategies[arm.strategy].max_tokens
@@ -452,6 +486,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     over: dict[str, Any] = {}
     if env.get("EFFREASON_STORE"):
         over["store"] = {"path": env["EFFREASON_STORE"]}
+    if env.get("EFFREASON_DATABASE_URL"):  # one PostgreSQL database for the store, the ledger and the keys
+        over.setdefault("store", {})["url"] = env["EFFREASON_DATABASE_URL"]
+        over["budget"] = {"ledger_url": env["EFFREASON_DATABASE_URL"]}
     if env.get("EFFREASON_CONFIDENCE_THRESHOLD"):
         over["escalation"] = {"confidence_threshold": env["EFFREASON_CONFIDENCE_THRESHOLD"]}
     for key, raw in env.items():

@@ -292,7 +292,7 @@ def calibrate(plan: CalibrationPlan, on_progress: Callable[[int, int, Any], None
     bench = Bench(plan.config, plan.items, plan.arms, graph=False, suite=plan.suite,
                   out_dir=plan.out_dir, concurrency=plan.concurrency, force=plan.force)
     bench.run(on_progress)
-    store = OutcomeStore(plan.config.store.resolved_path())
+    store = OutcomeStore(plan.config.store.target())
     try:
         strong_rows = calibrated_rows(store, bench.run_id, plan.strong) if plan.strong else None
         per_strategy = {s: calibrated_rows(store, bench.run_id, plan.arm_name(s)) for s in plan.strategies}

@@ -123,8 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake._received(body, self.headers.get("Authorization", ""))
         status, payload = fake._answer(body, self.headers.get("Authorization", ""))
         if status == 200 and body.get("stream"):
-            if self._stream(payload, bool((body.get("stream_options") or {}).get("include_usage"))):
-                fake._answered(payload)
+            self._stream(payload, bool((body.get("stream_options") or {}).get("include_usage")))
             return
         sent = self._send(status, payload)
         if sent and status == 200:
@@ -149,7 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, payload: Mapping[str, Any], include_usage: bool) -> bool:
         """``payload`` as server-sent ``chat.completion.chunk`` events, one token per chunk
         (``stream_delay_s`` apart), then the usage chunk when asked; the connection closes
-        after ``[DONE]``. ``False`` when the client went away mid-stream."""
+        after ``[DONE]``. Counted as a call once every chunk is sent; ``False`` when the
+        client went away mid-stream."""
         fake = self.server.fake
         base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
         choice = payload["choices"][0]
@@ -174,6 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 with fake._lock:
                     fake.streamed_chunks += 1
+            fake._answered(payload)  # counted before the client can see the end of the stream
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except OSError:  # the client went away mid-stream

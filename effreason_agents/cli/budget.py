@@ -106,7 +106,7 @@ def budget_show(
 
     scope = _scope(thread, user, request)
     try:
-        path = load(config).ledger_path()
+        path = load(config).ledger_target()
         with BudgetLedger(path) as ledger:
             report = ledger.show(scope)
     except EffReasonError as exc:
@@ -139,7 +139,7 @@ def budget_release_stale(
     from effreason_agents.adapters.ledger import BudgetLedger
 
     try:
-        path = load(config).ledger_path()
+        path = load(config).ledger_target()
         with BudgetLedger(path) as ledger:
             released = ledger.release_stale(older_than)
     except EffReasonError as exc:

@@ -64,7 +64,7 @@ def keys_create(
 
     try:
         cfg = load(config)
-        path = cfg.ledger_path()
+        path = cfg.ledger_target()
         with KeyStore(path) as store:
             secret, key = store.create(name, budget_usd=budget_usd, thread_budget_usd=thread_budget_usd, rpm=rpm)
     except EffReasonError as exc:
@@ -121,7 +121,7 @@ def keys_list(
 
     try:
         cfg = load(config)
-        path = cfg.ledger_path()
+        path = cfg.ledger_target()
         with KeyStore(path) as store, BudgetLedger(path) as ledger:
             keys = store.list(include_revoked=all_keys)
             reports = [ledger.show(key.scope) for key in keys]
@@ -182,7 +182,7 @@ def keys_revoke(
     from effreason_agents.adapters.keys import KeyStore
 
     try:
-        path = load(config).ledger_path()
+        path = load(config).ledger_target()
         with KeyStore(path) as store:
             before = store.get(name_or_id)
             key = store.revoke(name_or_id)

@@ -30,14 +30,15 @@ def log_tail(
 
     try:
         cfg = load(config)
-        path = cfg.store.resolved_path()
-        if not path.exists():
+        path = cfg.store.target()
+        if isinstance(path, Path) and not path.exists():
             fail(EffReasonError(f"no outcome store at {path} yet: run `effreason ask` first"), 1)
         with OutcomeStore(path, read_only=True) as store:
             rows = store.recent_requests(n)
+            where = store.location if hasattr(store, "location") else str(path)
     except EffReasonError as exc:
         fail(exc)
     if json_out:
         print_json([r.model_dump(mode="json") for r in rows])
         return
-    out.print(requests_table(rows, f"last {len(rows)} requests · {path}"))
+    out.print(requests_table(rows, f"last {len(rows)} requests · {where}"))

@@ -39,6 +39,12 @@ def serve_local(
         fail(exc)
 
 
+def _where(target: object) -> str:
+    from effreason_agents.core.text import is_postgres_url, redact_url
+
+    return redact_url(str(target)) if is_postgres_url(target) else str(target)
+
+
 def _loopback(host: str) -> bool:
     import ipaddress
 
@@ -87,7 +93,7 @@ def serve(
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="effreason-metrics-")
     print(f"effreason serve: http://{host}:{port}/v1 — {workers} worker(s), "
           f"{'no keys (local development)' if no_auth else 'virtual keys required'}; "
-          f"ledger {cfg.ledger_path()}", flush=True)
+          f"ledger {_where(cfg.ledger_target())}", flush=True)
     common: dict[str, object] = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
     try:
         if workers == 1:

@@ -9,7 +9,7 @@ from typing import Any
 
 from effreason_agents.errors import InvalidQuestionError
 
-__all__ = ["MAX_QUESTION_CHARS", "redact", "validate_question", "visible_text"]
+__all__ = ["MAX_QUESTION_CHARS", "POSTGRES_SCHEMES", "is_postgres_url", "redact", "redact_url", "validate_question", "visible_text"]
 
 MAX_QUESTION_CHARS = 100_000
 
@@ -59,3 +59,23 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if s and len(s) >= 4:
             out = out.replace(s, REDACTED)
     return _KEY_SHAPES.sub(REDACTED, out)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+"""URL prefixes that select the PostgreSQL backend of the ledger, store and checkpoints."""
+
+
+def is_postgres_url(target: object) -> bool:
+    """Whether ``target`` (a path or a URL) names a PostgreSQL database."""
+    return isinstance(target, str) and target.strip().lower().startswith(POSTGRES_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any ``password=`` query value) replaced by ``***``,
+    for messages and logs."""
+    out = _URL_PASSWORD.sub(r"\1***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", out)
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"((?:[?&])password=)[^&#\s]*", re.IGNORECASE)

@@ -48,14 +48,14 @@ class Services:
     def store(self) -> OutcomeStore:
         with self._lock:
             if self._store is None:
-                self._store = OutcomeStore(self.config.store.resolved_path())
+                self._store = OutcomeStore(self.config.store.target())
             return self._store
 
     @property
     def ledger(self) -> BudgetLedger:
         with self._lock:
             if self._ledger is None:
-                self._ledger = BudgetLedger(self.config.ledger_path())
+                self._ledger = BudgetLedger(self.config.ledger_target())
             return self._ledger
 
     @property

@@ -187,7 +187,7 @@ class Bench:
 
     def run(self, on_progress: Callable[[int, int, BenchResult], None] | None = None) -> dict[str, Any]:
         """Run what is pending (in ``concurrency`` threads) and return the results dict."""
-        store = OutcomeStore(self.config.store.resolved_path())
+        store = OutcomeStore(self.config.store.target())
         try:
             self.open_run(store)
             todo = self.pending(store)

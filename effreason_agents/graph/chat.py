@@ -44,7 +44,8 @@ from typing_extensions import TypedDict
 from effreason_agents.config import Config, LimitConfig, load_config
 from effreason_agents.core.budget import dollar_limit
 from effreason_agents.core.messages import message_text, question_with_history
-from effreason_agents.errors import InvalidQuestionError
+from effreason_agents.core.text import is_postgres_url, redact, redact_url
+from effreason_agents.errors import ConfigError, InvalidQuestionError
 from effreason_agents.graph.state import ReasoningContext, context_of
 
 __all__ = [
@@ -109,8 +110,14 @@ def checkpoint_path(config: Config) -> Path:
 
 
 def open_checkpointer(config: Config, path: str | Path | None = None) -> Any:
-    """A :class:`~langgraph.checkpoint.sqlite.SqliteSaver` on ``path`` (default
-    :func:`checkpoint_path`). Close it with ``saver.conn.close()``."""
+    """The chat's checkpointer: LangGraph's :class:`~langgraph.checkpoint.postgres.PostgresSaver`
+    on the configured PostgreSQL database (:meth:`Config.database_url`, shared by every
+    process and replica), else a :class:`~langgraph.checkpoint.sqlite.SqliteSaver` on
+    ``path`` (default :func:`checkpoint_path`). Close it with ``saver.conn.close()``."""
+    url = str(path) if path is not None and is_postgres_url(str(path)) else (
+        config.database_url() if path is None else None)
+    if url:
+        return _postgres_checkpointer(url)
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     p = Path(path) if path is not None else checkpoint_path(config)
@@ -118,6 +125,23 @@ def open_checkpointer(config: Config, path: str | Path | None = None) -> Any:
     conn = sqlite3.connect(str(p), check_same_thread=False)
     saver = SqliteSaver(conn)
     saver.setup()
+    return saver
+
+
+def _postgres_checkpointer(url: str) -> Any:
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.rows import dict_row
+    except ImportError as exc:  # pragma: no cover - both are dependencies
+        raise ConfigError(f"PostgreSQL checkpoints need psycopg and langgraph-checkpoint-postgres ({exc})") from exc
+    try:
+        conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot reach PostgreSQL at {redact_url(url)} for the chat checkpoints: "
+                          f"{redact(str(exc), [url])}; check the URL and that the server is running") from None
+    saver = PostgresSaver(conn)
+    saver.setup()  # LangGraph's own migrations, safe when several processes start at once
     return saver
 
 
@@ -138,9 +162,10 @@ def _open_ledger(config: Config) -> Iterator[Any]:
     if mod is None:
         yield None
         return
-    path = config.ledger_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ledger = mod.BudgetLedger(path)
+    target = config.ledger_target()
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    ledger = mod.BudgetLedger(target)
     try:
         yield ledger
     finally:
@@ -398,11 +423,11 @@ def thread_budget(config: Config, thread_id: str, user_id: str | None = None) ->
 
 
 def close_chat_graph(graph: Any) -> None:
-    """Close what :func:`build_chat_graph` opened: the SQLite checkpointer and the outcome store."""
+    """Close what :func:`build_chat_graph` opened: the checkpointer and the outcome store."""
     saver = getattr(graph, "checkpointer", None)
     conn = getattr(saver, "conn", None)
-    if isinstance(conn, sqlite3.Connection):
-        conn.close()
+    if conn is not None and callable(getattr(conn, "close", None)):
+        conn.close()  # sqlite3 or psycopg
     services = getattr(getattr(graph, "reasoning_graph", None), "services", None)
     if services is not None and hasattr(services, "close"):
         services.close()

@@ -128,7 +128,7 @@ class Server:
         if self._keys is None:
             from effreason_agents.adapters.keys import KeyStore
 
-            self._keys = KeyStore(self.config.ledger_path())
+            self._keys = KeyStore(self.config.ledger_target())
         return self._keys
 
     async def close(self) -> None:
