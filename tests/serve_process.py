@@ -175,11 +175,8 @@ class ServeProcess:
         """Everything the server printed so far (stdout and stderr together)."""
         if self._output is None:
             return ""
-        self._output.flush()
-        self._output.seek(0)
-        text = self._output.read().decode("utf-8", "replace")
-        self._output.seek(0, os.SEEK_END)
-        return text
+        fd = self._output.fileno()  # the server writes through the same file offset: read without moving it
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def _tail(self) -> str:
         text = self.output().strip()

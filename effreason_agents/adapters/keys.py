@@ -2,8 +2,9 @@
 may spend, and how often.
 
 A key is ``sk-er-`` followed by 256 random bits, shown once when it is created. Only its
-SHA-256 is stored, in the budget ledger's SQLite file (tables ``api_keys`` and
-``rate_windows``, migration ``0003_virtual_keys``), so the file never holds a usable key.
+SHA-256 is stored, in the budget ledger's database (tables ``api_keys`` and
+``rate_windows``, migration ``0003_virtual_keys``; a SQLite file or PostgreSQL), so the
+database never holds a usable key.
 
 * **Budget.** Each key spends as the ledger's user scope ``key:<id>``
   (:attr:`VirtualKey.scope`); a conversation thread of a key is the thread scope
@@ -12,8 +13,9 @@ SHA-256 is stored, in the budget ledger's SQLite file (tables ``api_keys`` and
   ledger with it; without one, the configuration's ``[budget.user]`` limits apply from its
   first model call. ``thread_budget_usd`` caps each of its threads.
 * **Requests per minute.** :meth:`KeyStore.admit` counts a key's requests in fixed
-  one-minute windows inside one ``BEGIN IMMEDIATE`` transaction, so several server worker
-  processes sharing the file admit at most ``rpm`` requests per key per window together.
+  one-minute windows with one atomic upsert, so several server worker processes (or
+  replicas on one PostgreSQL database) admit at most ``rpm`` requests per key per window
+  together.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import hashlib
 import hmac
 import math
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +32,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from effreason_agents.adapters.ledger import MIGRATIONS
-from effreason_agents.adapters.sqlite import SQLiteFile
+from effreason_agents.adapters.database import Database, Row
+from effreason_agents.adapters.ledger import MIGRATIONS, PRIMARY_KEYS, TABLES
 from effreason_agents.config import LimitConfig
 from effreason_agents.core.money import format_usd, from_micro, to_micro_floor
 from effreason_agents.core.records import Scope
@@ -113,7 +113,7 @@ class VirtualKey:
         }
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> VirtualKey:
+    def _from_row(cls, row: Row) -> VirtualKey:
         micro = row["thread_max_micro_usd"]
         return cls(
             id=row["id"],
@@ -169,10 +169,12 @@ def _valid_rpm(rpm: Any) -> int | None:
     return rpm
 
 
-class KeyStore(SQLiteFile):
-    """The virtual keys kept in a budget ledger file (the same file and migrations as
-    :class:`~effreason_agents.adapters.ledger.BudgetLedger`; either opens a file the other
-    created). Safe to share between threads; several processes may open the same file.
+class KeyStore(Database):
+    """The virtual keys kept in a budget ledger's database: a SQLite file or a
+    ``postgresql://`` URL (the same database and migrations as
+    :class:`~effreason_agents.adapters.ledger.BudgetLedger`; either opens a database the
+    other created). Safe to share between threads; several processes (and, on
+    PostgreSQL, replicas) may open the same database.
 
     Storage failures raise :class:`~effreason_agents.errors.LedgerError`; refusals (a taken
     name, an unknown key, a bad limit) raise :class:`~effreason_agents.errors.VirtualKeyError`.
@@ -181,33 +183,20 @@ class KeyStore(SQLiteFile):
     kind = "budget ledger"
     error = LedgerError
     migrations = MIGRATIONS
+    component = "ledger"
+    tables = TABLES
+    primary_keys = PRIMARY_KEYS
+    unusable_hint = "move the file away or set budget.ledger_path"
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path).expanduser()
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+    def __init__(
+        self, target: str | Path, *, timeout_s: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock
-        if self.path.is_dir():
-            raise LedgerError(f"budget ledger path {self.path} is a directory; point it at a file inside it")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open budget ledger {self.path}: {exc}; check the path and its permissions") from exc
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")  # a created key is on disk before it is shown
-            self._prepare(timeout_s)
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise LedgerError(
-                f"{self.path} is not a usable budget ledger ({exc}); move the file away or set budget.ledger_path"
-            ) from exc
-        except BaseException:
-            self.close()
-            raise
+        self._open(target, timeout_s=timeout_s)
+
+    def _configure_sqlite(self, conn: Any, timeout_s: float) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        conn.execute("PRAGMA synchronous = FULL")  # a created key is on disk before it is shown
 
     # -- keys ----------------------------------------------------------------
 
@@ -234,12 +223,14 @@ class KeyStore(SQLiteFile):
         rpm = _valid_rpm(rpm)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         prefix = secret[: len(KEY_PREFIX) + _SHOWN_CHARS] + "…"
-        with self._transaction(f"create key {name!r}") as conn:
+        # The name lock makes two creations of one name wait for each other on PostgreSQL,
+        # so the second is refused with VirtualKeyError (SQLite's write lock does the same).
+        with self._transaction(f"create key {name!r}", locks=[f"api_key_name:{name}"]) as conn:
             taken = conn.execute("SELECT id, revoked_at FROM api_keys WHERE name = ?", (name,)).fetchone()
             if taken is not None:
                 state = "a revoked key" if taken["revoked_at"] is not None else "a key"
                 raise VirtualKeyError(
-                    f"{state} named {name!r} already exists (id {taken['id']}) in {self.path}; "
+                    f"{state} named {name!r} already exists (id {taken['id']}) in {self.location}; "
                     "choose another name (names stay taken after a key is revoked)"
                 )
             key_id = secrets.token_hex(6)
@@ -308,13 +299,13 @@ class KeyStore(SQLiteFile):
             ).fetchone()
             if row is None:
                 raise VirtualKeyError(
-                    f"no key named {name_or_id!r} (or with that id) in {self.path}; "
+                    f"no key named {name_or_id!r} (or with that id) in {self.location}; "
                     "`effreason keys list --all` shows the keys"
                 )
             if row["revoked_at"] is not None:
                 return VirtualKey._from_row(row)
             now = self._clock()
-            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, row["id"]))
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, row["id"]))
             conn.execute("DELETE FROM rate_windows WHERE key_id = ?", (row["id"],))
         key = VirtualKey._from_row(row)
         return VirtualKey(key.id, key.name, key.prefix, key.rpm, key.thread_budget_usd, key.created_at, now)
@@ -325,10 +316,11 @@ class KeyStore(SQLiteFile):
         """Count one request of ``key`` against its ``rpm``; returns ``(admitted, seconds
         until the current one-minute window ends)``. A refused request is not counted.
 
-        Windows are fixed minutes of the clock. The check and the count are one
-        ``BEGIN IMMEDIATE`` transaction, so processes sharing the file together admit at
-        most ``rpm`` requests per key per window. A key without ``rpm`` is always admitted
-        without touching the file."""
+        Windows are fixed minutes of the clock. The check and the count are one atomic
+        upsert (``INSERT … ON CONFLICT DO UPDATE … WHERE count < rpm``) in one transaction,
+        so processes sharing the database together admit at most ``rpm`` requests per key
+        per window. A key without ``rpm`` is always admitted without touching the
+        database."""
         now = self._clock()
         window = math.floor(now / WINDOW_S)
         reset_s = max((window + 1) * WINDOW_S - now, 0.0)

@@ -8,13 +8,17 @@ The budget protocol, as this ledger implements it:
 
 * **Hold.** A request touches several scopes at once (the request itself, its
   conversation thread, the user / API key). :meth:`BudgetLedger.reserve` checks, in one
-  ``BEGIN IMMEDIATE`` transaction, that for every scope
+  transaction, that for every scope
 
       committed actual + outstanding holds + this worst case <= limit
 
   for each limited quantity (output tokens, total tokens, dollars), and writes the hold
-  only when all fit. SQLite's write lock serialises that check across threads, ledger
-  instances and processes, so concurrent requests can never together overspend a cap.
+  only when all fit. The check and the write never interleave with another hold's on a
+  common scope, so concurrent requests can never together overspend a cap: on SQLite the
+  transaction is ``BEGIN IMMEDIATE`` (the file's write lock serialises it across threads,
+  ledger instances and processes); on PostgreSQL it first takes a transaction-scoped
+  advisory lock per scope, in sorted order, so holds on a scope are serialised across
+  every process and replica while holds on disjoint scopes run in parallel.
 * **Settle exactly once.** Holds are keyed by (request, attempt). Re-running
   ``reserve`` / ``commit`` with the same key never charges twice; the settlement keeps
   the call's result (:meth:`BudgetLedger.settled`), so a re-executed step returns it
@@ -31,8 +35,6 @@ import contextlib
 import json
 import logging
 import math
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from effreason_agents.adapters.sqlite import SQLiteFile
+from effreason_agents.adapters.database import Database, Row
 from effreason_agents.config import BudgetConfig, LimitConfig
 from effreason_agents.core.money import format_usd, from_micro, to_micro, to_micro_floor
 from effreason_agents.core.records import Scope, ScopeKind, Usage
@@ -49,6 +51,8 @@ from effreason_agents.errors import BudgetExhausted, LedgerError
 __all__ = [
     "DEFAULT_TTL_S",
     "MIGRATIONS",
+    "PRIMARY_KEYS",
+    "TABLES",
     "BudgetExhausted",
     "BudgetLedger",
     "LedgerError",
@@ -149,14 +153,29 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ),
 ]
 
+TABLES: tuple[str, ...] = ("scope_limits", "reservations", "reservation_scopes", "api_keys", "rate_windows")
+"""The ledger's tables (the virtual keys' included), in foreign-key order: copy them in this order."""
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "scope_limits": ("kind", "scope_key"),
+    "reservations": ("key",),
+    "reservation_scopes": ("reservation_key", "kind", "scope_key"),
+    "api_keys": ("id",),
+    "rate_windows": ("key_id", "minute"),
+}
+
+# Sums are cast back to integers: PostgreSQL sums BIGINT columns as NUMERIC.
 _SCOPE_TOTALS_SQL = """
 SELECT
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0) AS s_out,
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0) AS s_tot,
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0) AS s_usd,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_output_tokens END), 0) AS r_out,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_total_tokens END), 0) AS r_tot,
-  COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_micro_usd END), 0) AS r_usd
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0) AS BIGINT) AS s_out,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0) AS BIGINT) AS s_tot,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0) AS BIGINT) AS s_usd,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_output_tokens END), 0) AS BIGINT)
+    AS r_out,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_total_tokens END), 0) AS BIGINT)
+    AS r_tot,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_micro_usd END), 0) AS BIGINT)
+    AS r_usd
 FROM reservation_scopes s JOIN reservations r ON r.key = s.reservation_key
 WHERE s.kind = :kind AND s.scope_key = :key
 """.format(live="(r.expires_at IS NULL OR r.expires_at >= :now)")
@@ -166,21 +185,22 @@ is never understated by a crashed process's hold."""
 
 # Limits and totals of several scopes in one statement: only scopes with a limits row are
 # returned (the others are unlimited); each is found through the primary key of
-# scope_limits and its holds through idx_reservation_scopes_scope_key (covering).
+# scope_limits and its holds through idx_reservation_scopes_scope_key (covering). Grouping
+# by that primary key too lets PostgreSQL read the limit columns of the group.
 _CHECK_SQL = """
 WITH want(pos, kind, scope_key) AS (VALUES {values})
 SELECT w.pos AS pos, l.max_output_tokens, l.max_total_tokens, l.max_micro_usd,
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS u_out,
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS u_tot,
-  COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS u_usd
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS BIGINT) AS u_out,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS BIGINT) AS u_tot,
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0)
+  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS BIGINT) AS u_usd
 FROM want w
 JOIN scope_limits l ON l.kind = w.kind AND l.scope_key = w.scope_key
 LEFT JOIN reservation_scopes s ON s.kind = w.kind AND s.scope_key = w.scope_key
 LEFT JOIN reservations r ON r.key = s.reservation_key
-GROUP BY w.pos
+GROUP BY w.pos, l.kind, l.scope_key
 ORDER BY w.pos
 """
 
@@ -189,6 +209,19 @@ ORDER BY w.pos
 _SWEEP_SQL = """
 UPDATE reservations SET status = 'released', updated_at = ?
 WHERE status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))
+"""
+
+# The same on PostgreSQL, where concurrent holds on disjoint scopes sweep at the same time:
+# rows locked by another transaction (sweeping or settling them) are skipped, never waited
+# on in an order that could deadlock. A skipped hold still counts until it is released,
+# which can only refuse a hold that would have fit, never overspend.
+_SWEEP_SQL_POSTGRES = """
+UPDATE reservations SET status = 'released', updated_at = ?
+WHERE key IN (
+  SELECT key FROM reservations
+  WHERE status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))
+  ORDER BY key FOR UPDATE SKIP LOCKED
+)
 """
 
 
@@ -235,57 +268,52 @@ class Reservation:
             self.status = "released"
 
 
-class BudgetLedger(SQLiteFile):
-    """Per-scope limits, holds and spend in one SQLite file (WAL, ``synchronous=FULL``:
-    a committed settlement survives a power loss).
+class BudgetLedger(Database):
+    """Per-scope limits, holds and spend, in a SQLite file or a PostgreSQL database.
 
-    One connection guarded by a lock, so an instance can be shared by threads;
-    separate instances and processes on the same file coordinate through SQLite's
-    write lock (every check-and-write is one ``BEGIN IMMEDIATE`` transaction) and
-    the busy timeout. ``default_ttl_s`` is how long a hold lives when ``reserve`` is
-    not given ``ttl_s``; ``clock`` (wall-clock seconds, shared by every process using
-    the file) exists for tests.
+    ``target`` is a file path (SQLite: WAL, ``synchronous=FULL``, so a committed
+    settlement survives a power loss; one connection guarded by a lock, and separate
+    instances and processes on the file coordinate through its write lock and the busy
+    timeout ``timeout_s``) or a ``postgresql://`` URL (a pool of up to
+    :data:`~effreason_agents.adapters.database.POSTGRES_POOL_MAX` connections; every
+    process and replica on the database coordinates through per-scope advisory locks,
+    and ``timeout_s`` bounds the wait for a connection or a lock). Either way an
+    instance can be shared by threads.
+
+    ``default_ttl_s`` is how long a hold lives when ``reserve`` is not given ``ttl_s``;
+    ``clock`` (wall-clock seconds, shared by every process using the ledger) exists for
+    tests. A PostgreSQL server that cannot be reached raises :class:`LedgerError` naming
+    the URL without its password.
     """
 
     kind = "budget ledger"
     error = LedgerError
     migrations = MIGRATIONS
+    component = "ledger"
+    tables = TABLES
+    primary_keys = PRIMARY_KEYS
+    unusable_hint = "move the file away or set budget.ledger_path"
 
     def __init__(
         self,
-        path: str | Path,
+        target: str | Path,
         *,
         timeout_s: float = 30.0,
         default_ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path).expanduser()
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
         self.default_ttl_s = self._valid_ttl(default_ttl_s, "default_ttl_s")
         self._clock = clock
-        if self.path.is_dir():
-            raise LedgerError(f"budget ledger path {self.path} is a directory; point it at a file inside it")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open budget ledger {self.path}: {exc}; check the path and its permissions") from exc
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = FULL")  # money: every settlement is on disk when commit returns
-            self._prepare(timeout_s)
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise LedgerError(
-                f"{self.path} is not a usable budget ledger ({exc}); move the file away or set budget.ledger_path"
-            ) from exc
-        except BaseException:
-            self.close()
-            raise
+        self._open(target, timeout_s=timeout_s)
+
+    def _configure_sqlite(self, conn: Any, timeout_s: float) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")  # money: every settlement is on disk when commit returns
+
+    @property
+    def _sweep_sql(self) -> str:
+        return _SWEEP_SQL_POSTGRES if self.dialect == "postgresql" else _SWEEP_SQL
 
     @staticmethod
     def _valid_ttl(ttl_s: float, name: str) -> float:
@@ -355,7 +383,7 @@ class BudgetLedger(SQLiteFile):
         ]
 
     @staticmethod
-    def _insert_missing_limits(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float) -> list[Scope]:
+    def _insert_missing_limits(conn: Any, rows: list[tuple[Any, ...]], now: float) -> list[Scope]:
         created: list[Scope] = []
         for row in rows:
             cur = conn.execute(
@@ -391,8 +419,8 @@ class BudgetLedger(SQLiteFile):
         """Hold ``worst`` against every scope for ``ttl_s`` seconds (default: the ledger's
         ``default_ttl_s``), or raise :class:`BudgetExhausted` holding nothing.
 
-        In one ``BEGIN IMMEDIATE`` transaction: first every expired hold in the file is
-        released (so the holds of a killed process free their room without any manual
+        In one transaction (serialised with every other hold on any of ``scopes``, in
+        this process or another): first every expired hold in the ledger is released (so the holds of a killed process free their room without any manual
         step), then ``limits`` are set for those of the scopes that have no limits yet (a
         scope that has limits keeps them; :meth:`set_limits` replaces), then every limited
         scope is checked and the hold written. A refusal writes no hold; the expired holds
@@ -423,9 +451,10 @@ class BudgetLedger(SQLiteFile):
             new_limits = self._missing_limit_rows(limits)
 
         refusal: BudgetExhausted | None = None
-        with self._transaction(f"reserve {key!r}") as conn:
+        locks = [f"{s.kind}:{s.key}" for s in unique]
+        with self._transaction(f"reserve {key!r}", locks=locks) as conn:
             now = self._clock()
-            swept = conn.execute(_SWEEP_SQL, (now, now, now - self.default_ttl_s)).rowcount
+            swept = conn.execute(self._sweep_sql, (now, now, now - self.default_ttl_s)).rowcount
             row = conn.execute("SELECT status FROM reservations WHERE key = ?", (key,)).fetchone()
             status: ReservationStatus = "reserved" if row is None else row["status"]
             if status == "reserved" and row is not None:
@@ -441,14 +470,14 @@ class BudgetLedger(SQLiteFile):
                     status = "reserved"
                     self._hold(conn, key, unique, worst, now, now + ttl, fresh=row is None)
         if swept:
-            log.info("released %d expired budget hold(s) in %s (not settled before their expiry)", swept, self.path)
+            log.info("released %d expired budget hold(s) in %s (not settled before their expiry)", swept, self.location)
         if refusal is not None:
             raise refusal
         return status
 
     @staticmethod
     def _hold(
-        conn: sqlite3.Connection,
+        conn: Any,
         key: str,
         scopes: list[Scope],
         worst: Usage,
@@ -479,7 +508,7 @@ class BudgetLedger(SQLiteFile):
         )
 
     @staticmethod
-    def _check(conn: sqlite3.Connection, scopes: list[Scope], worst: Usage) -> BudgetExhausted | None:
+    def _check(conn: Any, scopes: list[Scope], worst: Usage) -> BudgetExhausted | None:
         """The refusal for the first scope (in the given order) that cannot cover ``worst``."""
         params = [v for i, s in enumerate(scopes) for v in (i, s.kind, s.key)]
         for t in conn.execute(_check_sql(len(scopes)), params).fetchall():
@@ -505,6 +534,9 @@ class BudgetLedger(SQLiteFile):
         past its cap, and ``ttl_s`` should be raised above the longest call. An
         ``actual`` above the hold is recorded too and logged as an ERROR (the hold was
         not a true bound: a defect to fix). An unknown key raises :class:`LedgerError`.
+        On PostgreSQL a settlement whose connection is lost on the way is retried once on
+        a fresh one (settling is idempotent), so billed spend is not lost to a dropped
+        connection.
         """
         if not isinstance(actual, Usage):
             raise TypeError(f"actual must be a Usage, got {type(actual).__name__}")
@@ -519,21 +551,29 @@ class BudgetLedger(SQLiteFile):
                     f"result of {key!r} cannot be stored as JSON ({exc}); pass plain str/int/float/bool/None, "
                     "lists and dicts (money as decimal strings)"
                 ) from exc
-        with self._transaction(f"commit {key!r}") as conn:
+
+        def settle(conn: Any) -> Row | None:
             row = conn.execute(
                 "SELECT status, reserved_output_tokens, reserved_total_tokens, reserved_micro_usd, expires_at, "
                 "updated_at FROM reservations WHERE key = ?",
                 (key,),
             ).fetchone()
             if row is None:
-                raise LedgerError(f"no reservation {key!r} in {self.path}; reserve before committing")
+                raise LedgerError(f"no reservation {key!r} in {self.location}; reserve before committing")
             if row["status"] == "committed":
-                return
-            conn.execute(
+                return None
+            # The status test keeps a concurrent settlement of the same key from being overwritten
+            # on PostgreSQL (which, unlike SQLite, lets two settling transactions read at once).
+            updated = conn.execute(
                 "UPDATE reservations SET status = 'committed', actual_output_tokens = ?, actual_total_tokens = ?, "
-                "actual_micro_usd = ?, result = ?, updated_at = ? WHERE key = ?",
+                "actual_micro_usd = ?, result = ?, updated_at = ? WHERE key = ? AND status <> 'committed'",
                 (actual.output_tokens, actual.total_tokens, actual.micro_usd, payload, self._clock(), key),
-            )
+            ).rowcount
+            return row if updated else None
+
+        row = self._run(f"commit {key!r}", settle, retry=True)
+        if row is None:
+            return
         worst = Usage(row["reserved_output_tokens"], row["reserved_total_tokens"], row["reserved_micro_usd"])
         if row["status"] == "released":
             expired = row["expires_at"] is not None and row["updated_at"] >= row["expires_at"]
@@ -546,7 +586,7 @@ class BudgetLedger(SQLiteFile):
                 "budget hold %r in %s was released before it was settled (%s); recorded its spend of %s anyway "
                 "because the provider billed it, so its scopes may now be past their caps: raise ttl_s above the "
                 "longest model call, and settle or release every hold exactly once",
-                key, self.path, why, format_usd(actual.cost_usd, symbol=True),
+                key, self.location, why, format_usd(actual.cost_usd, symbol=True),
             )
         if actual.exceeds(worst):
             log.error(
@@ -575,18 +615,23 @@ class BudgetLedger(SQLiteFile):
             return usage, json.loads(row["result"])
         except ValueError as exc:
             raise LedgerError(
-                f"the stored result of {key!r} in {self.path} is not valid JSON ({exc}); the file was changed "
-                "outside the ledger"
+                f"the stored result of {key!r} in {self.location} is not valid JSON ({exc}); the database was "
+                "changed outside the ledger"
             ) from exc
 
     def release(self, key: str) -> None:
         """Free a hold. A no-op for a released, committed (the money was spent) or
-        unknown key, so it is safe in cleanup code."""
-        with self._transaction(f"release {key!r}") as conn:
-            conn.execute(
+        unknown key, so it is safe in cleanup code (and retried once on PostgreSQL when
+        the connection is lost on the way)."""
+        now = self._clock()
+        self._run(
+            f"release {key!r}",
+            lambda conn: conn.execute(
                 "UPDATE reservations SET status = 'released', updated_at = ? WHERE key = ? AND status = 'reserved'",
-                (self._clock(), key),
-            )
+                (now, key),
+            ),
+            retry=True,
+        )
 
     def status(self, key: str) -> ReservationStatus | None:
         """``"reserved"``, ``"committed"``, ``"released"``, or ``None`` for an unknown key."""
@@ -628,7 +673,7 @@ class BudgetLedger(SQLiteFile):
         now = self._clock() if now is None else now
         with self._transaction("release stale reservations") as conn:
             if older_than_s is None:
-                return conn.execute(_SWEEP_SQL, (now, now, now - self.default_ttl_s)).rowcount
+                return conn.execute(self._sweep_sql, (now, now, now - self.default_ttl_s)).rowcount
             if older_than_s < 0:
                 raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
             cur = conn.execute(
@@ -640,7 +685,7 @@ class BudgetLedger(SQLiteFile):
 
     # -- reading -----------------------------------------------------------
 
-    def _totals(self, scope: Scope) -> sqlite3.Row:
+    def _totals(self, scope: Scope) -> Row:
         return self._query(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": self._clock()})[0]
 
     def spent(self, scope: Scope) -> Usage:
@@ -689,29 +734,25 @@ class BudgetLedger(SQLiteFile):
              "expired_holds": 0}                     # of those, past their expiry (released on the next reserve)
 
         Money is a plain decimal string (:func:`format_usd`)."""
-        with self._lock:
-            conn = self._db()
-            now = self._clock()
-            try:
-                conn.execute("BEGIN")
-                t = conn.execute(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": now}).fetchone()
-                lim = conn.execute(
-                    "SELECT max_output_tokens, max_total_tokens, max_micro_usd FROM scope_limits "
-                    "WHERE kind = ? AND scope_key = ?",
-                    (scope.kind, scope.key),
-                ).fetchone()
-                counts = conn.execute(
-                    "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN r.expires_at < ? OR (r.expires_at IS NULL "
-                    "AND r.updated_at < ?) THEN 1 ELSE 0 END), 0) AS expired FROM reservations r "
-                    "JOIN reservation_scopes s ON s.reservation_key = r.key AND s.kind = ? AND s.scope_key = ? "
-                    "WHERE r.status = 'reserved'",
-                    (now, now - self.default_ttl_s, scope.kind, scope.key),
-                ).fetchone()
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise LedgerError(f"could not read {self.kind} {self.path}: {exc}") from exc
+        now = self._clock()
+
+        def read(conn: Any) -> tuple[Row, Row | None, Row]:
+            t = conn.execute(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": now}).fetchone()
+            lim = conn.execute(
+                "SELECT max_output_tokens, max_total_tokens, max_micro_usd FROM scope_limits "
+                "WHERE kind = ? AND scope_key = ?",
+                (scope.kind, scope.key),
+            ).fetchone()
+            counts = conn.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN r.expires_at < ? OR (r.expires_at IS NULL "
+                "AND r.updated_at < ?) THEN 1 ELSE 0 END), 0) AS expired FROM reservations r "
+                "JOIN reservation_scopes s ON s.reservation_key = r.key AND s.kind = ? AND s.scope_key = ? "
+                "WHERE r.status = 'reserved'",
+                (now, now - self.default_ttl_s, scope.kind, scope.key),
+            ).fetchone()
+            return t, lim, counts
+
+        t, lim, counts = self._read(f"show {scope}", read, snapshot=True)
         spent = (t["s_out"], t["s_tot"], t["s_usd"])
         held = (t["r_out"], t["r_tot"], t["r_usd"])
         caps = (None, None, None) if lim is None else (lim[0], lim[1], lim[2])

@@ -1,4 +1,5 @@
-"""Outcome store: one row per request and one per attempt, in SQLite.
+"""Outcome store: one row per request and one per attempt, in a SQLite file or a
+PostgreSQL database (pooled logs of every replica).
 
 Records cross a boundary (the database, the CLI's JSON), so they are pydantic
 models. Money is a decimal string (``"0.000123"``), never a summed float.
@@ -7,8 +8,6 @@ models. Money is a decimal string (``"0.000123"``), never a summed float.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -17,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from effreason_agents.adapters.database import Database, Row
 from effreason_agents.errors import StoreError
-from effreason_agents.adapters.sqlite import SQLiteFile
 
 __all__ = [
     "MIGRATIONS",
@@ -26,8 +25,11 @@ __all__ = [
     "BenchRun",
     "AttemptRecord",
     "OutcomeStore",
+    "POSTGRES_EXTRA",
+    "PRIMARY_KEYS",
     "RequestRecord",
     "RequestStatus",
+    "TABLES",
     "open_store",
     "utc_now",
 ]
@@ -272,6 +274,30 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
+# PostgreSQL-only statements run after a migration's own. SQLite numbers every row (rowid)
+# and the store orders requests and benchmark rows by it; PostgreSQL gets such a column.
+POSTGRES_EXTRA: dict[str, list[str]] = {
+    "0001_requests_and_attempts": [
+        "ALTER TABLE requests ADD COLUMN rowid BIGSERIAL",
+        "CREATE UNIQUE INDEX idx_requests_rowid ON requests(rowid)",
+    ],
+    "0003_bench_runs_and_results": [
+        "ALTER TABLE bench_runs ADD COLUMN rowid BIGSERIAL",
+        "ALTER TABLE bench_results ADD COLUMN rowid BIGSERIAL",
+        "CREATE UNIQUE INDEX idx_bench_results_rowid ON bench_results(rowid)",
+    ],
+}
+
+TABLES: tuple[str, ...] = ("requests", "attempts", "bench_runs", "bench_results")
+"""The store's tables in foreign-key order: copy them in this order."""
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "requests": ("request_id",),
+    "attempts": ("attempt_id",),
+    "bench_runs": ("run_id",),
+    "bench_results": ("run_id", "item_id", "arm"),
+}
+
 _JSON_COLUMNS = frozenset({"arms_tried", "extra", "signals", "logprobs", "arms", "meta", "samples"})
 _BOOL_COLUMNS = frozenset({"escalated", "correct", "truncated", "usage_missing"})
 _MONEY_FIELDS = ("total_cost_usd", "cost_usd")
@@ -293,10 +319,12 @@ def _encode(model: BaseModel, renames: dict[str, str] | None = None) -> dict[str
     return row
 
 
-def _decode(row: sqlite3.Row, renames: dict[str, str] | None = None) -> dict[str, Any]:
+def _decode(row: Row, renames: dict[str, str] | None = None) -> dict[str, Any]:
     back = {column: field for field, column in (renames or {}).items()}
     data: dict[str, Any] = {}
     for column in row.keys():
+        if column == "rowid":  # PostgreSQL's row number: order, not part of a record
+            continue
         value = row[column]
         if column in _JSON_COLUMNS:
             value = None if value is None else json.loads(value)
@@ -322,73 +350,35 @@ def _insert_sql(table: str, row: dict[str, Any]) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
 
 
-class OutcomeStore(SQLiteFile):
-    """Requests and their attempts in one SQLite file (WAL, foreign keys on).
+class OutcomeStore(Database):
+    """Requests and their attempts in a SQLite file (WAL, foreign keys on) or a
+    PostgreSQL database (``target`` is a path or a ``postgresql://`` URL).
 
-    One connection guarded by a lock, so an instance can be shared by the
-    worker threads LangGraph runs nodes in; separate instances (or processes)
-    on the same file coordinate through SQLite's locks and the busy timeout.
-    ``read_only=True`` never creates or migrates the file.
+    Safe to share between the worker threads LangGraph runs nodes in: on SQLite one
+    connection guarded by a lock, and separate instances (or processes) on the same file
+    coordinate through SQLite's locks and the busy timeout; on PostgreSQL a connection
+    pool. ``read_only=True`` never creates or migrates anything (on PostgreSQL its
+    connections refuse writes too).
     """
 
     kind = "outcome store"
     error = StoreError
     migrations = MIGRATIONS
+    component = "store"
+    postgres_extra = POSTGRES_EXTRA
+    tables = TABLES
+    primary_keys = PRIMARY_KEYS
+    serial_tables = frozenset({"requests", "bench_runs", "bench_results"})
+    unusable_hint = "move the file away or configure another store path"
+    missing_hint = "record some requests first"
 
-    def __init__(self, path: str | Path, *, read_only: bool = False, timeout_s: float = 30.0) -> None:
-        self.path = Path(path).expanduser()
-        self.read_only = read_only
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        if self.path.is_dir():
-            raise StoreError(f"outcome store path {self.path} is a directory; point the store at a file inside it")
-        if read_only and not self.path.is_file():
-            raise StoreError(f"no outcome store at {self.path}; check the path, or record some requests first")
-        try:
-            if read_only:
-                target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                target, uri = str(self.path), False
-            conn = sqlite3.connect(
-                target, uri=uri, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(
-                f"cannot open outcome store {self.path}: {exc}; check the path and its permissions"
-            ) from exc
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            # A log, not money: in WAL mode a power loss may roll back the last rows, never corrupt the file.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            if read_only:
-                self._check_schema()
-            else:
-                self._prepare(timeout_s)
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise StoreError(
-                f"{self.path} is not a usable SQLite outcome store ({exc}); "
-                "move the file away or configure another store path"
-            ) from exc
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, target: str | Path, *, read_only: bool = False, timeout_s: float = 30.0) -> None:
+        self._open(target, timeout_s=timeout_s, read_only=read_only)
 
-    def _check_schema(self) -> None:
-        conn = self._db()
-        has_table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
-        ).fetchone()
-        applied = {row["name"] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
-        missing = [name for name, _ in self.migrations if name not in applied]
-        if missing:
-            raise StoreError(
-                f"outcome store {self.path} lacks migrations {missing}; "
-                "open it once for writing (e.g. run a request) to bring its schema up to date"
-            )
+    def _configure_sqlite(self, conn: Any, timeout_s: float) -> None:
+        conn.execute("PRAGMA foreign_keys = ON")
+        # A log, not money: in WAL mode a power loss may roll back the last rows, never corrupt the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
 
     # -- writing -----------------------------------------------------------
 
@@ -408,7 +398,7 @@ class OutcomeStore(SQLiteFile):
         bench_row = _encode(bench) if bench is not None else None
         with self._transaction(f"record request {rid!r}") as conn:
             if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (rid,)).fetchone():
-                raise StoreError(f"request {rid!r} is already recorded in {self.path}; request ids must be unique")
+                raise StoreError(f"request {rid!r} is already recorded in {self.location}; request ids must be unique")
             conn.execute(_insert_sql("requests", request_row), request_row)
             for row in attempt_rows:
                 conn.execute(_insert_sql("attempts", row), row)
@@ -416,12 +406,14 @@ class OutcomeStore(SQLiteFile):
                 conn.execute(_insert_sql("bench_results", bench_row), bench_row)
 
     def open_bench_run(self, run: BenchRun) -> BenchRun:
-        """Register ``run``, or return the run already registered under its id."""
+        """Register ``run``, or return the run already registered under its id (also when
+        another process registers it at the same moment)."""
         row = _encode(run)
         with self._transaction(f"register bench run {run.run_id!r}") as conn:
-            existing = conn.execute("SELECT * FROM bench_runs WHERE run_id = ?", (run.run_id,)).fetchone()
-            if existing is None:
-                conn.execute(_insert_sql("bench_runs", row), row)
+            inserted = conn.execute(_insert_sql("bench_runs", row) + " ON CONFLICT (run_id) DO NOTHING", row).rowcount
+            existing = None
+            if not inserted:
+                existing = conn.execute("SELECT * FROM bench_runs WHERE run_id = ?", (run.run_id,)).fetchone()
         return BenchRun.model_validate(_decode(existing)) if existing is not None else run
 
     def update_bench_run(self, run: BenchRun) -> None:
@@ -490,6 +482,7 @@ class OutcomeStore(SQLiteFile):
                     yield request, attempt
 
 
-def open_store(path: str | Path, *, read_only: bool = False) -> OutcomeStore:
-    """Open (creating and migrating unless ``read_only``) the outcome store at ``path``."""
-    return OutcomeStore(path, read_only=read_only)
+def open_store(target: str | Path, *, read_only: bool = False) -> OutcomeStore:
+    """Open (creating and migrating unless ``read_only``) the outcome store at ``target``:
+    a SQLite file's path or a ``postgresql://`` URL."""
+    return OutcomeStore(target, read_only=read_only)

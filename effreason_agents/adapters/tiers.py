@@ -543,6 +543,11 @@ class TierClient:
         return {"choices": choices, "usage": usage,
                 "model": (first.response_metadata or {}).get("model_name") or self.tier.model}
 
+    def warm(self) -> None:
+        """Build this tier's client now (starting the embedded server for an embedded tier)
+        instead of on its first call."""
+        self._shared_model()
+
     def _shared_model(self) -> Any:
         """One ``ChatOpenAI`` per tier, built on first use (the embedded server starts then);
         per-call settings travel as invoke arguments."""

@@ -14,6 +14,7 @@ from effreason_agents.cli.bench import bench, report
 from effreason_agents.cli.budget import budget_app
 from effreason_agents.cli.calibrate import calibrate
 from effreason_agents.cli.chat import chat
+from effreason_agents.cli.db import db_app
 from effreason_agents.cli.demo import demo
 from effreason_agents.cli.keys import keys_app
 from effreason_agents.cli.log import log_app
@@ -57,6 +58,7 @@ app.command("calibrate")(calibrate)
 app.command("serve")(serve)
 app.command("serve-local")(serve_local)
 app.add_typer(budget_app, name="budget")
+app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(log_app, name="log")
 app.add_typer(router_app, name="router")

@@ -78,6 +78,7 @@ def serve(
     from effreason_agents.server.app import SERVE_CONFIG_ENV, SERVE_MAX_BODY_ENV, SERVE_NO_AUTH_ENV, create_app
     from effreason_agents.server.metrics import MULTIPROC_ENV
 
+    made_metrics_dir: str | None = None
     if no_auth and not _loopback(host):
         fail(EffReasonError(f"--no-auth is for local development only and is refused on {host}; "
                             "create keys with `effreason keys create` instead"))
@@ -90,11 +91,14 @@ def serve(
         os.environ[SERVE_CONFIG_ENV] = str(Path(config).resolve())
     os.environ[SERVE_NO_AUTH_ENV] = "1" if no_auth else "0"
     if workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="effreason-metrics-")
+        os.environ[MULTIPROC_ENV] = made_metrics_dir = tempfile.mkdtemp(prefix="effreason-metrics-")
     print(f"effreason serve: http://{host}:{port}/v1 — {workers} worker(s), "
           f"{'no keys (local development)' if no_auth else 'virtual keys required'}; "
           f"ledger {_where(cfg.ledger_target())}", flush=True)
-    common: dict[str, object] = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    # keep-alive longer than clients' own idle expiry (httpx, the OpenAI SDK: 5 s), so a client
+    # never sends a request on a connection the server is closing
+    common: dict[str, object] = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=10,
+                                     timeout_keep_alive=75)
     try:
         if workers == 1:
             uvicorn.run(create_app(cfg, auth=not no_auth, max_body_bytes=max_body_bytes), **common)
@@ -103,3 +107,8 @@ def serve(
             uvicorn.run("effreason_agents.server.app:app_from_environment", factory=True, workers=workers, **common)
     except EffReasonError as exc:
         fail(exc)
+    finally:
+        if made_metrics_dir:
+            import shutil
+
+            shutil.rmtree(made_metrics_dir, ignore_errors=True)

@@ -77,5 +77,5 @@ def redact_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", out)
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 _QUERY_PASSWORD = re.compile(r"((?:[?&])password=)[^&#\s]*", re.IGNORECASE)

@@ -37,7 +37,15 @@ from effreason_agents.config import Config
 from effreason_agents.core.budget import effective_budget
 from effreason_agents.core.money import format_usd
 from effreason_agents.core.records import Scope, Status
-from effreason_agents.errors import BudgetExhausted, ConfigError, EffReasonError, RequestError, TierError
+from effreason_agents.errors import (
+    BudgetExhausted,
+    ConfigError,
+    EffReasonError,
+    LedgerError,
+    RequestError,
+    StoreError,
+    TierError,
+)
 from effreason_agents.server.metrics import ServerMetrics
 from effreason_agents.server.protocol import (
     GRAPH_MODEL,
@@ -140,6 +148,16 @@ class Server:
         if self._keys is not None:
             self._keys.close()
 
+    def warm(self) -> None:
+        """Build every usable tier's client (and start the embedded model) before the first
+        request, so that a healthy ``/health`` means a ready server. A tier that cannot start
+        is logged and left for the request to report."""
+        for name in self.tiers():
+            try:
+                self.services.clients[name].warm()
+            except EffReasonError as exc:
+                log.warning("tier %r is not ready: %s", name, exc)
+
     def tiers(self) -> list[str]:
         """The tiers a request can pin (enabled, with their key when they need one)."""
         return sorted(self.config.enabled_tiers(self.services.environ))
@@ -223,13 +241,17 @@ class Server:
 
         return await asyncio.to_thread(read)
 
-    async def quota_error(self, caller: _Caller, scope_kind: str | None, message: str) -> RequestError:
+    async def quota_error(self, caller: _Caller, scope_kind: str | None, detail: str | None = None) -> RequestError:
+        """429 ``insufficient_quota``: which budget ran out (``detail``: the ledger's account of
+        it) and what is left of the key's and thread's dollars."""
         self.metrics.refused(caller.label, "budget")
-        left = await self.remaining(caller)
-        detail = f" (remaining: {', '.join(f'{k} ${v}' for k, v in left.items() if v is not None)})" if left else ""
+        left = {k: v for k, v in (await self.remaining(caller) or {}).items() if v is not None}
         scope = scope_kind or "request"
-        return RequestError(429, f"the {scope} budget cannot cover this request: {message}{detail}",
-                            type="insufficient_quota", code="insufficient_quota", param=None)
+        message = f"the {scope} budget cannot cover this request" + (f": {detail}" if detail else
+                                                                      " (no arm's worst case fits what is left)")
+        if left:
+            message += "; remaining: " + ", ".join(f"{k} ${v}" for k, v in left.items())
+        return RequestError(429, message, type="insufficient_quota", code="insufficient_quota")
 
     # -- the endpoint ---------------------------------------------------------------
     async def read_body(self, request: Request) -> bytes:
@@ -283,6 +305,11 @@ class Server:
         except RequestError as exc:
             status = exc.status
             return _error(exc)
+        except (LedgerError, StoreError) as exc:  # the database went away: nothing was charged without a hold
+            status = 503
+            log.error("database unavailable: %s", exc)
+            return _json(error_body(f"the budget database is unavailable, retry later: {exc}", type="server_error",
+                                    code="database_unavailable"), 503)
         except Exception:  # noqa: BLE001 - a bug answers 500 in OpenAI's format, logged with its traceback
             log.exception("chat completion failed")
             return _json(error_body("internal server error; see the server log", type="server_error"), 500)
@@ -321,7 +348,7 @@ class Server:
             raise RequestError(400, str(exc), param="messages") from None
         meta = message.response_metadata or {}
         if meta.get("status") == Status.BUDGET_EXHAUSTED and not meta.get("arms_tried"):
-            raise await self.quota_error(caller, meta.get("budget_scope"), str(message.content))
+            raise await self.quota_error(caller, meta.get("budget_scope"))
         if meta.get("status") == Status.FAILED and not meta.get("answered", True):
             raise RequestError(503, f"no tier could answer: {message.content}", type="server_error",
                                code="tier_unavailable")
@@ -410,8 +437,9 @@ class Server:
                     piece = await queue.get()
                 try:
                     held = task.result()
-                except (BudgetExhausted, TierError) as exc:  # failed mid-stream: OpenAI's in-stream error
-                    yield _sse(error_body(str(exc), type="server_error", code="tier_unavailable"))
+                except (BudgetExhausted, TierError, LedgerError) as exc:  # failed mid-stream: OpenAI's in-stream error
+                    code = "database_unavailable" if isinstance(exc, LedgerError) else "tier_unavailable"
+                    yield _sse(error_body(str(exc), type="server_error", code=code))
                     return
                 self._log_pinned(request_id, tier, messages, held, caller, max_tokens)
                 message = self._message(held)
@@ -583,6 +611,7 @@ def create_app(config: Config, *, auth: bool = True, max_body_bytes: int = DEFAU
 
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="effreason")
         asyncio.get_running_loop().set_default_executor(pool)
+        await asyncio.to_thread(server.warm)
         yield
         await server.close()
 

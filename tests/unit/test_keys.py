@@ -1,12 +1,12 @@
-"""Virtual API keys (:mod:`effreason_agents.adapters.keys`) on real SQLite files: hashed
-storage, authentication, revocation, budgets enforced by the ledger, and requests per
-minute counted across processes."""
+"""Virtual API keys (:mod:`effreason_agents.adapters.keys`) on both backends (real SQLite
+files and fresh PostgreSQL databases: ``db_target``): hashed storage, authentication,
+revocation, budgets enforced by the ledger, and requests per minute counted across
+processes."""
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,28 +31,21 @@ class Clock:
 
 
 @pytest.fixture()
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.sqlite"
+def path(db_target: str) -> str:
+    """The ledger's database: a SQLite file's path or a PostgreSQL URL."""
+    return db_target
 
 
 @pytest.fixture()
-def store(path: Path) -> Any:
+def store(path: str) -> Any:
     with KeyStore(path) as s:
         yield s
 
 
-def file_bytes(path: Path) -> bytes:
+def file_bytes(path: str) -> bytes:
     """The database with its write-ahead log and shared memory, as they lie on disk."""
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal"),
                                                path.with_name(path.name + "-shm")) if p.exists())
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(str(path))
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 # -- create / authenticate / revoke -------------------------------------------
@@ -85,7 +78,7 @@ def test_two_keys_are_different_and_each_finds_its_own_record(store: KeyStore) -
     assert store.authenticate(a_secret) == a and store.authenticate(b_secret) == b
 
 
-def test_a_revoked_key_authenticates_to_its_revoked_record(path: Path) -> None:
+def test_a_revoked_key_authenticates_to_its_revoked_record(path: str) -> None:
     clock = Clock(1_000_000.0)
     with KeyStore(path, clock=clock) as store:
         secret, key = store.create("alice")
@@ -105,10 +98,11 @@ def test_revoking_an_unknown_key_says_how_to_find_the_keys(store: KeyStore) -> N
         store.revoke("bob")
 
 
-def test_only_the_hash_is_stored_and_the_key_is_nowhere_in_the_file(path: Path) -> None:
+def test_only_the_hash_is_stored_and_the_key_is_nowhere_in_the_file(tmp_path: Path, db_rows) -> None:
+    path = tmp_path / "ledger.sqlite"
     with KeyStore(path) as store:
         secret, key = store.create("alice", budget_usd="1")
-        stored = rows(path, "SELECT key_hash, prefix FROM api_keys")
+        stored = db_rows(path, "SELECT key_hash, prefix FROM api_keys")
         on_disk = file_bytes(path)
     assert stored == [(hashlib.sha256(secret.encode()).hexdigest(), key.prefix)]
     assert stored[0][0] != secret
@@ -129,12 +123,12 @@ def test_get_prefers_a_name_to_an_id(store: KeyStore) -> None:
 # -- validation: nothing written on a refusal ----------------------------------
 
 
-def test_a_taken_name_is_refused_naming_the_existing_key(path: Path, store: KeyStore) -> None:
+def test_a_taken_name_is_refused_naming_the_existing_key(path: str, store: KeyStore, db_rows) -> None:
     _, key = store.create("alice", budget_usd="5")
-    before = rows(path, "SELECT * FROM api_keys"), rows(path, "SELECT * FROM scope_limits")
+    before = db_rows(path, "SELECT * FROM api_keys"), db_rows(path, "SELECT * FROM scope_limits")
     with pytest.raises(VirtualKeyError, match=rf"a key named 'alice' already exists \(id {key.id}\)"):
         store.create("alice", budget_usd="7", rpm=3)
-    assert (rows(path, "SELECT * FROM api_keys"), rows(path, "SELECT * FROM scope_limits")) == before
+    assert (db_rows(path, "SELECT * FROM api_keys"), db_rows(path, "SELECT * FROM scope_limits")) == before
     store.revoke("alice")
     with pytest.raises(VirtualKeyError, match="a revoked key named 'alice' already exists"):
         store.create("alice")
@@ -161,25 +155,28 @@ def test_a_taken_name_is_refused_naming_the_existing_key(path: Path, store: KeyS
         ({"name": "a", "rpm": True}, "rpm"),
     ],
 )
-def test_bad_input_is_refused_writing_nothing(path: Path, store: KeyStore, kwargs: dict[str, Any], message: str) -> None:
+def test_bad_input_is_refused_writing_nothing(
+    path: str, store: KeyStore, kwargs: dict[str, Any], message: str, db_rows
+) -> None:
+    kwargs = dict(kwargs)  # the parameter is shared by both backends' runs
     name = kwargs.pop("name")
     with pytest.raises(VirtualKeyError, match=message):
         store.create(name, **kwargs)
-    assert rows(path, "SELECT COUNT(*) FROM api_keys") == [(0,)]
-    assert rows(path, "SELECT COUNT(*) FROM scope_limits") == [(0,)]
+    assert db_rows(path, "SELECT COUNT(*) FROM api_keys") == [(0,)]
+    assert db_rows(path, "SELECT COUNT(*) FROM scope_limits") == [(0,)]
 
 
-def test_budgets_accept_decimals_strings_ints_and_floats(path: Path, store: KeyStore) -> None:
+def test_budgets_accept_decimals_strings_ints_and_floats(path: str, store: KeyStore, db_rows) -> None:
     for i, amount in enumerate([Decimal("2.5"), "2.5", 2, 2.5]):
         store.create(f"k{i}", budget_usd=amount, thread_budget_usd=amount)
-    assert {r[0] for r in rows(path, "SELECT max_micro_usd FROM scope_limits")} == {2_500_000, 2_000_000}
+    assert {r[0] for r in db_rows(path, "SELECT max_micro_usd FROM scope_limits")} == {2_500_000, 2_000_000}
     assert {k.thread_budget_usd for k in store.list()} == {Decimal("2.5"), Decimal("2")}
 
 
 # -- budgets ---------------------------------------------------------------------
 
 
-def test_the_budget_is_written_with_the_key_and_enforced_by_the_ledger(path: Path, store: KeyStore) -> None:
+def test_the_budget_is_written_with_the_key_and_enforced_by_the_ledger(path: str, store: KeyStore) -> None:
     _, key = store.create("alice", budget_usd="0.01")
     _, other = store.create("bob")
     with BudgetLedger(path) as ledger:
@@ -214,7 +211,7 @@ def test_threads_are_scopes_of_one_key_with_the_keys_thread_limits(store: KeySto
 # -- requests per minute ---------------------------------------------------------
 
 
-def test_rpm_admits_exactly_rpm_per_window_and_the_next_window_admits_again(path: Path) -> None:
+def test_rpm_admits_exactly_rpm_per_window_and_the_next_window_admits_again(path: str, db_rows) -> None:
     clock = Clock(60 * 1000 + 10.0)  # 10 s into a window
     with KeyStore(path, clock=clock) as store:
         _, key = store.create("alice", rpm=3)
@@ -228,10 +225,10 @@ def test_rpm_admits_exactly_rpm_per_window_and_the_next_window_admits_again(path
         assert admitted and reset_s == pytest.approx(60.0)
         assert [store.admit(key)[0] for _ in range(3)] == [True, True, False]
     # Only the current window of the key is kept.
-    assert rows(path, "SELECT minute, count FROM rate_windows") == [(1001, 3)]
+    assert db_rows(path, "SELECT minute, count FROM rate_windows") == [(1001, 3)]
 
 
-def test_keys_have_separate_rpm_counts_and_no_rpm_is_unlimited(path: Path) -> None:
+def test_keys_have_separate_rpm_counts_and_no_rpm_is_unlimited(path: str, db_rows) -> None:
     clock = Clock(6000.0)
     with KeyStore(path, clock=clock) as store:
         _, a = store.create("a", rpm=1)
@@ -240,7 +237,7 @@ def test_keys_have_separate_rpm_counts_and_no_rpm_is_unlimited(path: Path) -> No
         assert store.admit(a)[0] and not store.admit(a)[0]
         assert store.admit(b)[0]
         assert all(store.admit(free)[0] for _ in range(100))
-    assert rows(path, "SELECT COUNT(*) FROM rate_windows WHERE key_id = '%s'" % free.id) == [(0,)]
+    assert db_rows(path, "SELECT COUNT(*) FROM rate_windows WHERE key_id = '%s'" % free.id) == [(0,)]
 
 
 def _admit_worker(path: str, key_name: str, now: float, start: Any, results: Any) -> None:
@@ -252,7 +249,7 @@ def _admit_worker(path: str, key_name: str, now: float, start: Any, results: Any
         results.put(sum(store.admit(key)[0] for _ in range(10)))
 
 
-def test_rpm_holds_across_processes_sharing_the_file(path: Path) -> None:
+def test_rpm_holds_across_processes_sharing_the_file(path: str, db_rows) -> None:
     now = 60 * 5000 + 1.0  # fixed: every admit falls in one window
     with KeyStore(path) as store:
         store.create("shared", rpm=15)
@@ -266,21 +263,21 @@ def test_rpm_holds_across_processes_sharing_the_file(path: Path) -> None:
         p.join(timeout=60)
         assert p.exitcode == 0
     assert sum(counts) == 15, counts
-    assert rows(path, "SELECT count FROM rate_windows") == [(15,)]
+    assert db_rows(path, "SELECT count FROM rate_windows") == [(15,)]
 
 
 # -- one file for the ledger and the keys ------------------------------------------
 
 
-def test_the_ledger_opens_a_file_the_key_store_created_and_vice_versa(tmp_path: Path) -> None:
-    first = tmp_path / "keys-first.sqlite"
+def test_the_ledger_opens_a_file_the_key_store_created_and_vice_versa(make_db_target) -> None:
+    first = make_db_target()
     with KeyStore(first) as store:
         _, key = store.create("alice", budget_usd="3")
     with BudgetLedger(first) as ledger:
         assert ledger.limits(key.scope) == LimitConfig(max_cost_usd=Decimal("3"))
         assert ledger.applied_migrations() == [name for name, _ in MIGRATIONS]
 
-    second = tmp_path / "ledger-first.sqlite"
+    second = make_db_target()
     with BudgetLedger(second) as ledger:
         ledger.reserve("r1", [Scope("user", "u")], Usage(1, 2, 3))
     with KeyStore(second) as store:
@@ -290,7 +287,7 @@ def test_the_ledger_opens_a_file_the_key_store_created_and_vice_versa(tmp_path: 
         assert ledger.status("r1") == "reserved" and store.authenticate(secret) == key
 
 
-def test_a_ledger_from_before_virtual_keys_gains_them_and_keeps_its_data(path: Path) -> None:
+def test_a_ledger_from_before_virtual_keys_gains_them_and_keeps_its_data(path: str) -> None:
     class OldLedger(BudgetLedger):
         migrations = MIGRATIONS[:2]
 
@@ -314,7 +311,7 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path) -> None:
         KeyStore(tmp_path)
 
 
-def test_a_closed_store_says_so(path: Path) -> None:
+def test_a_closed_store_says_so(path: str) -> None:
     store = KeyStore(path)
     store.close()
     with pytest.raises(LedgerError, match="closed"):

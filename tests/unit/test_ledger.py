@@ -1,4 +1,5 @@
-"""Budget ledger: real SQLite files in tmp_path."""
+"""Budget ledger on both backends: real SQLite files in tmp_path and fresh databases on a
+real PostgreSQL server (``db_target``); what only a SQLite file has is tested on SQLite."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ USER = Scope("user", "u1")
 
 
 @pytest.fixture
-def ledger(tmp_path: Path):
-    with BudgetLedger(tmp_path / "ledger.sqlite") as led:
+def ledger(db_target: str):
+    with BudgetLedger(db_target) as led:
         yield led
 
 
@@ -158,18 +159,18 @@ def test_reserve_commit_release_across_three_scopes(ledger: BudgetLedger) -> Non
     assert ledger.reserve("d", [other, USER], Usage(micro_usd=7000)) == "reserved"
 
 
-def test_over_limit_writes_nothing_and_message_is_user_facing(ledger: BudgetLedger, tmp_path: Path) -> None:
+def test_over_limit_writes_nothing_and_message_is_user_facing(ledger: BudgetLedger, db_target: str, db_rows) -> None:
     ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.0100")))
     ledger.reserve("a", [REQ, THREAD], Usage(micro_usd=10_000))
     ledger.commit("a", Usage(micro_usd=10_000))
-    before = rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservations")[0][0]
+    before = db_rows(db_target, "SELECT COUNT(*) FROM reservations")[0][0]
     with pytest.raises(BudgetExhausted) as exc:
         ledger.reserve("b", [Scope("request", "r2"), THREAD, USER], Usage(micro_usd=1000))
     assert isinstance(exc.value, EffReasonError)
     assert str(exc.value) == "the thread budget is spent: $0.0100 of $0.0100 used"
     assert exc.value.scope == THREAD and exc.value.remaining == 0
-    assert rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservations")[0][0] == before
-    assert rows(tmp_path / "ledger.sqlite", "SELECT COUNT(*) FROM reservation_scopes WHERE reservation_key='b'") == [(0,)]
+    assert db_rows(db_target, "SELECT COUNT(*) FROM reservations")[0][0] == before
+    assert db_rows(db_target, "SELECT COUNT(*) FROM reservation_scopes WHERE reservation_key='b'") == [(0,)]
     assert ledger.status("b") is None
     assert ledger.reserved(USER) == Usage()
 
@@ -297,11 +298,17 @@ def test_configure_from_budget_config(ledger: BudgetLedger) -> None:
     assert ledger.configure(budget, "r10") == [Scope("request", "r10")]
 
 
-def test_closed_ledger_raises(tmp_path: Path) -> None:
-    led = BudgetLedger(tmp_path / "l.sqlite")
+def test_closed_ledger_raises(db_target: str) -> None:
+    led = BudgetLedger(db_target)
     led.close()
+    led.close()  # idempotent
     with pytest.raises(LedgerError, match="closed"):
         led.spent(THREAD)
+    with pytest.raises(LedgerError, match="closed"):
+        led.reserve("k", [THREAD], Usage(micro_usd=1))
+
+
+def test_a_directory_is_not_a_ledger(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="directory"):
         BudgetLedger(tmp_path)
 
@@ -314,8 +321,8 @@ CAP = Decimal("0.0100")  # covers about 10 requests
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-ledger-per-thread", "shared-ledger"])
-def test_concurrent_requests_never_overspend(tmp_path: Path, shared: bool) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_concurrent_requests_never_overspend(db_target: str, db_rows, shared: bool) -> None:
+    path = db_target
     thread = Scope("thread", "chat")
     with BudgetLedger(path) as setup:
         setup.set_limits(thread, LimitConfig(max_cost_usd=CAP))
@@ -366,7 +373,7 @@ def test_concurrent_requests_never_overspend(tmp_path: Path, shared: bool) -> No
         assert spent.micro_usd == sum(committed_actual.values())
         assert spent.cost_usd <= CAP
         assert led.reserved(thread) == Usage()
-        statuses = dict(rows(path, "SELECT key, status FROM reservations"))
+        statuses = dict(db_rows(path, "SELECT key, status FROM reservations"))
         assert statuses == {f"req-{i}": "committed" for i in ran}  # the refused left no row
 
 

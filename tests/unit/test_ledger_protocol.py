@@ -1,7 +1,9 @@
-"""The budget protocol on a real SQLite ledger: holds expire and free their room without a
-manual step (even when their process was killed), settlements are exactly once and keep
-the call's result, a late settlement is recorded, limits are set where missing in the
-reserving transaction, old files migrate, and many processes never overspend a cap."""
+"""The budget protocol on a real ledger, on both backends (a SQLite file and a fresh
+PostgreSQL database: ``db_target``): holds expire and free their room without a manual step
+(even when their process was killed), settlements are exactly once and keep the call's
+result, a late settlement is recorded, limits are set where missing in the reserving
+transaction. SQLite only: old files migrate, what a reserve executes, durability settings,
+and many processes never overspend a cap (PostgreSQL's own are in test_postgres_backend)."""
 
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, clock: Clock):
-    with BudgetLedger(tmp_path / "ledger.sqlite", clock=clock) as led:
+def ledger(db_target: str, clock: Clock):
+    with BudgetLedger(db_target, clock=clock) as led:
         yield led
 
 
@@ -119,8 +121,8 @@ def test_expired_hold_is_released_by_the_next_reserve_freeing_its_room(
     assert "released 1 expired budget hold" in caplog.text
 
 
-def test_default_ttl_and_refusal_still_releases_expired_holds(tmp_path: Path, clock: Clock) -> None:
-    with BudgetLedger(tmp_path / "l.sqlite", default_ttl_s=30, clock=clock) as led:
+def test_default_ttl_and_refusal_still_releases_expired_holds(db_target: str, clock: Clock) -> None:
+    with BudgetLedger(db_target, default_ttl_s=30, clock=clock) as led:
         led.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
         led.reserve("a", [THREAD], Usage(micro_usd=4000))
         assert led.holds(THREAD)[0]["expires_at"] == T0 + 30
@@ -130,7 +132,7 @@ def test_default_ttl_and_refusal_still_releases_expired_holds(tmp_path: Path, cl
         assert led.status("a") == "released" and led.status("huge") is None
         assert led.reserved(THREAD) == Usage()
     with pytest.raises(ValueError, match="ttl_s must be"):
-        BudgetLedger(tmp_path / "l.sqlite", default_ttl_s=0)
+        BudgetLedger(db_target, default_ttl_s=0)
 
 
 def test_rereserving_a_held_key_extends_its_expiry_without_charging(ledger: BudgetLedger, clock: Clock) -> None:
@@ -147,8 +149,8 @@ def test_rereserving_a_held_key_extends_its_expiry_without_charging(ledger: Budg
         ledger.reserve("x", [THREAD], Usage(), ttl_s=-1)
 
 
-def test_hold_of_a_killed_process_is_released_automatically(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_hold_of_a_killed_process_is_released_automatically(db_target: str) -> None:
+    path = db_target
     with BudgetLedger(path) as setup:
         setup.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
     code = textwrap.dedent(
@@ -276,7 +278,7 @@ def test_reservation_handle_passes_ttl_limits_and_result(ledger: BudgetLedger) -
 # -- limits set in the reserving transaction --------------------------------
 
 
-def test_limits_are_set_only_where_none_exist_in_one_transaction(ledger: BudgetLedger, tmp_path: Path) -> None:
+def test_limits_are_set_only_where_none_exist_in_one_transaction(ledger: BudgetLedger) -> None:
     ledger.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.05")))  # a chatbot chose this thread budget
     budget = BudgetConfig(
         max_output_tokens=100,
@@ -290,12 +292,14 @@ def test_limits_are_set_only_where_none_exist_in_one_transaction(ledger: BudgetL
     }
 
     statements: list[str] = []
-    ledger._db().set_trace_callback(statements.append)
+    if ledger.dialect == "sqlite":  # one BEGIN IMMEDIATE transaction
+        ledger._db().set_trace_callback(statements.append)
     try:
         assert ledger.reserve("a", list(limits), Usage(50, 60, 1000), limits=limits) == "reserved"
     finally:
-        ledger._db().set_trace_callback(None)
-    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
+        if ledger.dialect == "sqlite":
+            ledger._db().set_trace_callback(None)
+            assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
 
     assert ledger.limits(REQ) == LimitConfig(max_output_tokens=100)
     assert ledger.limits(THREAD) == LimitConfig(max_cost_usd=Decimal("0.05"))  # kept, not replaced
@@ -369,9 +373,16 @@ def test_show_and_holds(ledger: BudgetLedger, clock: Clock) -> None:
 # -- speed: what reserve executes -------------------------------------------
 
 
-def test_reserve_reads_through_indexes(ledger: BudgetLedger, tmp_path: Path) -> None:
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path, clock: Clock):
+    with BudgetLedger(tmp_path / "ledger.sqlite", clock=clock) as led:
+        yield led
+
+
+def test_reserve_reads_through_indexes(sqlite_ledger: BudgetLedger, tmp_path: Path) -> None:
     """Every statement of a reserve is an index search (no table scan), the key is read
     once, and limits and totals of all scopes come from one statement."""
+    ledger = sqlite_ledger
     scopes = [REQ, THREAD, USER]
     for s in scopes:
         ledger.set_limits(s, LimitConfig(max_cost_usd=Decimal("100")))
@@ -401,7 +412,8 @@ def test_reserve_reads_through_indexes(ledger: BudgetLedger, tmp_path: Path) -> 
         conn.close()
 
 
-def test_durability_settings(ledger: BudgetLedger, tmp_path: Path) -> None:
+def test_durability_settings(sqlite_ledger: BudgetLedger, tmp_path: Path) -> None:
+    ledger = sqlite_ledger
     assert ledger._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: money
     with OutcomeStore(tmp_path / "outcomes.sqlite") as store:
         assert store._db().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: a log

@@ -1,4 +1,7 @@
-"""Outcome store on real SQLite files in tmp_path."""
+"""Outcome store on both backends: real SQLite files in tmp_path and fresh databases on a
+real PostgreSQL server (``db_target``). What only a SQLite file has (its PRAGMAs, its
+migrations table, a file that is not a database) is tested on SQLite; PostgreSQL's own
+are in test_postgres_backend."""
 
 from __future__ import annotations
 
@@ -47,9 +50,14 @@ def make_attempt(request_id: str = "r1", index: int = 0, **overrides: object) ->
     return AttemptRecord.model_validate(fields)
 
 
-def raw_count(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+@pytest.fixture()
+def raw_count(db_rows):
+    """``raw_count(target, table)``: the table's rows, counted without the store."""
+
+    def count(target: str | Path, table: str) -> int:
+        return int(db_rows(target, f"SELECT COUNT(*) FROM {table}")[0][0])
+
+    return count
 
 
 # -- opening and migrations --------------------------------------------------
@@ -128,8 +136,8 @@ def test_directory_path_raises_store_error(tmp_path: Path) -> None:
         open_store(tmp_path)
 
 
-def test_closed_store_raises_store_error(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "outcomes.sqlite")
+def test_closed_store_raises_store_error(db_target: str) -> None:
+    store = open_store(db_target)
     store.close()
     store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
@@ -139,7 +147,7 @@ def test_closed_store_raises_store_error(tmp_path: Path) -> None:
 # -- writing and reading -----------------------------------------------------
 
 
-def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
+def test_round_trip_preserves_every_field(db_target: str, db_rows) -> None:
     request = make_request(
         final_answer="4",
         final_attempt_index=1,
@@ -175,35 +183,33 @@ def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
             confidence=None,
         ),
     ]
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+    with open_store(db_target) as store:
         store.record(request, attempts)
         assert store.get_request("r1") == request
         assert store.attempts_for("r1") == attempts
         assert store.get_request("missing") is None
         assert store.attempts_for("missing") == []
 
-    with sqlite3.connect(tmp_path / "outcomes.sqlite") as conn:
-        cost, escalated = conn.execute("SELECT total_cost_usd, escalated FROM requests").fetchone()
-        assert (cost, escalated) == ("0.000123456789012345678901", 1)
-        assert conn.execute("SELECT typeof(cost_usd) FROM attempts LIMIT 1").fetchone()[0] == "text"
+    assert db_rows(db_target, "SELECT total_cost_usd, escalated FROM requests") == [("0.000123456789012345678901", 1)]
+    assert {type(c) for (c,) in db_rows(db_target, "SELECT cost_usd FROM attempts")} == {str}  # money stays text
 
 
-def test_attempts_for_returns_index_order(tmp_path: Path) -> None:
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+def test_attempts_for_returns_index_order(db_target: str) -> None:
+    with open_store(db_target) as store:
         store.record(make_request(), [make_attempt(index=2), make_attempt(index=0), make_attempt(index=1)])
         assert [a.index for a in store.attempts_for("r1")] == [0, 1, 2]
 
 
-def test_request_without_attempts(tmp_path: Path) -> None:
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+def test_request_without_attempts(db_target: str) -> None:
+    with open_store(db_target) as store:
         store.record(make_request(status="budget_exhausted"), [])
         assert store.count_requests() == 1
         assert store.attempts_for("r1") == []
         assert list(store.iter_attempts()) == []
 
 
-def test_failure_mid_write_leaves_no_rows(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_failure_mid_write_leaves_no_rows(db_target: str, raw_count) -> None:
+    path = db_target
     with open_store(path) as store:
         # The second attempt collides on UNIQUE(request_id, attempt_index) after
         # the request and the first attempt rows were already inserted.
@@ -218,8 +224,10 @@ def test_failure_mid_write_leaves_no_rows(tmp_path: Path) -> None:
     assert raw_count(path, "attempts") == 1
 
 
-def test_exception_other_than_sqlite_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_exception_other_than_a_database_error_rolls_back(
+    db_target: str, raw_count, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = db_target
     store = open_store(path)
     calls = {"n": 0}
     real_insert_sql = __import__("effreason_agents.adapters.store", fromlist=["_insert_sql"])._insert_sql
@@ -238,8 +246,8 @@ def test_exception_other_than_sqlite_rolls_back(tmp_path: Path, monkeypatch: pyt
     assert raw_count(path, "attempts") == 0
 
 
-def test_attempt_of_another_request_rejected_before_writing(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_attempt_of_another_request_rejected_before_writing(db_target: str, raw_count) -> None:
+    path = db_target
     with open_store(path) as store:
         with pytest.raises(StoreError, match="other request_ids"):
             store.record(make_request(), [make_attempt("r1", 0), make_attempt("r2", 1)])
@@ -247,8 +255,8 @@ def test_attempt_of_another_request_rejected_before_writing(tmp_path: Path) -> N
     assert raw_count(path, "attempts") == 0
 
 
-def test_bad_money_string_rejected(tmp_path: Path) -> None:
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+def test_bad_money_string_rejected(db_target: str) -> None:
+    with open_store(db_target) as store:
         with pytest.raises(StoreError, match="cost_usd"):
             store.record(make_request(), [make_attempt(cost_usd="1e-3 dollars")])
         with pytest.raises(StoreError, match="total_cost_usd"):
@@ -256,8 +264,8 @@ def test_bad_money_string_rejected(tmp_path: Path) -> None:
         assert store.count_requests() == 0
 
 
-def test_duplicate_request_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_duplicate_request_rejected(db_target: str, raw_count) -> None:
+    path = db_target
     with open_store(path) as store:
         store.record(make_request(question="first"), [make_attempt()])
         with pytest.raises(StoreError, match="already recorded"):
@@ -268,8 +276,8 @@ def test_duplicate_request_rejected(tmp_path: Path) -> None:
     assert raw_count(path, "attempts") == 1
 
 
-def test_recent_requests_newest_first_with_limit(tmp_path: Path) -> None:
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+def test_recent_requests_newest_first_with_limit(db_target: str) -> None:
+    with open_store(db_target) as store:
         # recorded out of chronological order on purpose
         for minute in (3, 1, 4, 0, 2):
             store.record(make_request(f"r{minute}", started_at=f"2025-01-01T00:0{minute}:00.000+00:00"), [])
@@ -281,8 +289,8 @@ def test_recent_requests_newest_first_with_limit(tmp_path: Path) -> None:
         assert store.count_requests() == 5
 
 
-def test_iter_attempts_pairs_requests_and_attempts(tmp_path: Path) -> None:
-    with open_store(tmp_path / "outcomes.sqlite") as store:
+def test_iter_attempts_pairs_requests_and_attempts(db_target: str) -> None:
+    with open_store(db_target) as store:
         for n in range(5):
             rid = f"r{n}"
             store.record(make_request(rid), [make_attempt(rid, i) for i in range(n % 3)])
@@ -296,8 +304,8 @@ def test_iter_attempts_pairs_requests_and_attempts(tmp_path: Path) -> None:
     assert all(r.request_id == a.request_id for r, a in pairs)
 
 
-def test_concurrent_writes_from_threads_all_land(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_concurrent_writes_from_threads_all_land(db_target: str) -> None:
+    path = db_target
     shared = open_store(path)
     errors: list[BaseException] = []
 
@@ -336,8 +344,8 @@ def test_read_only_never_creates_a_file(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def test_read_only_reads_but_refuses_writes(tmp_path: Path) -> None:
-    path = tmp_path / "outcomes.sqlite"
+def test_read_only_reads_but_refuses_writes(db_target: str) -> None:
+    path = db_target
     with open_store(path) as store:
         store.record(make_request(), [make_attempt()])
     with open_store(path, read_only=True) as reader:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS) not in sys.path:
