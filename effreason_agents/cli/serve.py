@@ -85,6 +85,13 @@ def serve(
     try:
         cfg = load(config)
         import uvicorn
+
+        from effreason_agents.adapters.ledger import BudgetLedger
+        from effreason_agents.adapters.store import OutcomeStore
+
+        # a database that cannot be reached stops here with its reason (no password shown)
+        BudgetLedger.migration_status(cfg.ledger_target())
+        OutcomeStore.migration_status(cfg.store.target())
     except EffReasonError as exc:
         fail(exc)
     if config is not None:

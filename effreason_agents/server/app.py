@@ -149,9 +149,15 @@ class Server:
             self._keys.close()
 
     def warm(self) -> None:
-        """Build every usable tier's client (and start the embedded model) before the first
-        request, so that a healthy ``/health`` means a ready server. A tier that cannot start
-        is logged and left for the request to report."""
+        """Open the ledger, the keys and the outcome store (a database that cannot be reached
+        stops the server here, with its reason), and build every usable tier's client (and
+        start the embedded model) before the first request, so that a healthy ``/health``
+        means a ready server. A tier that cannot start is logged and left for the request to
+        report."""
+        self.services.ledger
+        self.services.store
+        if self.auth:
+            self.keys
         for name in self.tiers():
             try:
                 self.services.clients[name].warm()
