@@ -6,16 +6,15 @@ the remote-model features) or marked ``xfail`` below, and listed in the README s
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from effreason_agents.langchain.chat_model import ChatCostAware
+from smollm_suite import SmolLM2IntegrationTests, mark_async_tests  
 
 _STORE = Path(tempfile.mkdtemp(prefix="effreason-chat-model-")) / "outcomes.sqlite"
 
@@ -33,23 +32,8 @@ def _server(embedded_server: Any) -> Iterator[Any]:
     yield embedded_server
 
 
-def _mark_async_tests(cls: type) -> type:
-    """Mark the suite's ``async def`` tests for pytest-asyncio (a langchain-tests dependency;
-    this project runs it in strict mode, langchain's own repos use ``asyncio_mode = "auto"``).
-
-    The mark is added to the inherited function objects themselves: the suite's
-    ``test_no_overrides_DO_NOT_OVERRIDE`` forbids replacing them. Any other subclass of
-    ``ChatModelIntegrationTests`` in the same session needs the same mark, so this is benign."""
-    for name in dir(cls):
-        fn = getattr(cls, name)
-        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
-            if not any(m.name == "asyncio" for m in getattr(fn, "pytestmark", [])):
-                pytest.mark.asyncio(fn)
-    return cls
-
-
-@_mark_async_tests
-class TestChatCostAwareLive(ChatModelIntegrationTests):
+@mark_async_tests
+class TestChatCostAwareLive(SmolLM2IntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatCostAware]:
         return ChatCostAware
@@ -57,28 +41,6 @@ class TestChatCostAwareLive(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"config": LIVE_CONFIG, "max_tokens": 48}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # SmolLM2-135M does not make usable tool calls
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # the graph picks the model; a per-call model= is refused
-
-    @pytest.mark.xfail(reason="a pydantic v1 schema falls back to function calling, which SmolLM2-135M cannot do",
-                       strict=False)
-    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
-        super().test_structured_output_pydantic_2_v1(model)
-
-    @pytest.mark.xfail(reason="SmolLM2-135M fills the JSON grammar past the 48-token cap (LengthFinishReasonError)",
-                       strict=False)
-    def test_structured_output_optional_param(self, model: Any) -> None:
-        super().test_structured_output_optional_param(model)
 
 
 def test_live_answer_metadata() -> None:

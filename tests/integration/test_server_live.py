@@ -5,7 +5,6 @@ usage), ``ChatOpenAI(base_url=...)`` through langchain-tests' standard integrati
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -17,13 +16,13 @@ import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
 from serve_process import ServeProcess, write_toml  # noqa: E402
+from smollm_suite import SmolLM2IntegrationTests, mark_async_tests  # noqa: E402
 
 _DIR = Path(tempfile.mkdtemp(prefix="effreason-serve-live-"))
 CONFIG = write_toml(_DIR / "effreason.toml", {
@@ -112,23 +111,12 @@ def test_keys_create_list_revoke_and_errors(server: ServeProcess) -> None:
 
 # -- ChatOpenAI(base_url=...) through the standard suite ----------------------------------
 
-
-def _mark_async_tests(cls: type) -> type:
-    """Mark the suite's ``async def`` tests for pytest-asyncio (strict mode here)."""
-    for name in dir(cls):
-        fn = getattr(cls, name)
-        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
-            if not any(m.name == "asyncio" for m in getattr(fn, "pytestmark", [])):
-                pytest.mark.asyncio(fn)
-    return cls
-
-
 _SUITE: dict[str, Any] = {}
 """The running server's address and key, for the suite's ``chat_model_params``."""
 
 
-@_mark_async_tests
-class TestChatOpenAIThroughServer(ChatModelIntegrationTests):
+@mark_async_tests
+class TestChatOpenAIThroughServer(SmolLM2IntegrationTests):
     @pytest.fixture(autouse=True)
     def _started(self, server: ServeProcess, secret: str) -> None:
         _SUITE.update(base_url=server.api_base, api_key=secret)
@@ -144,25 +132,3 @@ class TestChatOpenAIThroughServer(ChatModelIntegrationTests):
         return {"model": "effreason", "base_url": _SUITE.get("base_url"), "api_key": _SUITE.get("api_key"),
                 "max_tokens": 48, "stream_usage": True, "max_retries": 0, "timeout": 120,
                 "http_async_client": httpx.AsyncClient(timeout=120)}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # SmolLM2-135M does not make usable tool calls (as for ChatCostAware)
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # as for ChatCostAware: the graph picks the model
-
-    @pytest.mark.xfail(reason="a pydantic v1 schema falls back to function calling, which SmolLM2-135M cannot do",
-                       strict=False)
-    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
-        super().test_structured_output_pydantic_2_v1(model)
-
-    @pytest.mark.xfail(reason="SmolLM2-135M fills the JSON grammar past the 48-token cap (LengthFinishReasonError)",
-                       strict=False)
-    def test_structured_output_optional_param(self, model: Any) -> None:
-        super().test_structured_output_optional_param(model)
