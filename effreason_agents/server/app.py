@@ -347,7 +347,7 @@ class Server:
         except BudgetExhausted as exc:
             raise await self.quota_error(caller, exc.scope_kind, str(exc)) from None
         except TierError as exc:
-            raise RequestError(503, f"no tier could answer: {exc}", type="server_error", code="tier_unavailable") from None
+            raise _tier_unavailable(exc) from None
         except ConfigError as exc:
             raise RequestError(400, str(exc), param="effreason") from None
         except ValueError as exc:  # bad messages (no question, invisible text …)
@@ -356,8 +356,7 @@ class Server:
         if meta.get("status") == Status.BUDGET_EXHAUSTED and not meta.get("arms_tried"):
             raise await self.quota_error(caller, meta.get("budget_scope"))
         if meta.get("status") == Status.FAILED and not meta.get("answered", True):
-            raise RequestError(503, f"no tier could answer: {message.content}", type="server_error",
-                               code="tier_unavailable")
+            raise _tier_unavailable(message.content)
         info = {
             "request_id": meta.get("request_id"),
             "tier": meta.get("tier"),
@@ -375,6 +374,7 @@ class Server:
     async def pinned(self, request: Request, req: ChatRequest, tier: str, messages: list[BaseMessage],
                      caller: _Caller) -> Response:
         from effreason_agents.engine import policy
+        from effreason_agents.engine.pinned import PINNED_STRATEGY
 
         client = self.services.clients[tier]
         request_id = uuid.uuid4().hex
@@ -391,15 +391,10 @@ class Server:
 
         def describe(held: Any) -> dict[str, Any]:
             c = held.completion
-            return {"request_id": request_id, "tier": tier, "model": c.model, "arms_tried": [f"{tier}:pinned"],
+            return {"request_id": request_id, "tier": tier, "model": c.model, "arms_tried": [f"{tier}:{PINNED_STRATEGY}"],
                     "escalated": False, "confidence": None,
                     "status": Status.ANSWERED.value if c.finish_reason != "cancelled" else "cancelled",
                     "cost_usd": format_usd(c.cost_usd)}
-
-        def failed(exc: BaseException) -> RequestError | None:
-            if isinstance(exc, TierError):
-                return RequestError(503, f"the tier cannot answer: {exc}", type="server_error", code="tier_unavailable")
-            return None
 
         if not req.stream:
             try:
@@ -407,7 +402,7 @@ class Server:
             except BudgetExhausted as exc:
                 raise await self.quota_error(caller, exc.scope_kind, str(exc)) from None
             except TierError as exc:
-                raise failed(exc) from None  # type: ignore[misc]
+                raise _tier_unavailable(exc) from None
             info = describe(held) | {"remaining_usd": await self.remaining(caller)}
             self._log_pinned(request_id, tier, messages, held, caller, max_tokens)
             return self.reply(req, self._message(held), info)
@@ -427,7 +422,7 @@ class Server:
             except BudgetExhausted as exc:
                 raise await self.quota_error(caller, exc.scope_kind, str(exc)) from None
             except TierError as exc:
-                raise failed(exc) from None  # type: ignore[misc]
+                raise _tier_unavailable(exc) from None
             self._log_pinned(request_id, tier, messages, held, caller, max_tokens)
             info = describe(held) | {"remaining_usd": await self.remaining(caller)}
             return self.stream_settled(req, self._message(held), info)
@@ -565,6 +560,10 @@ class Server:
     async def metrics_endpoint(self, request: Request) -> Response:
         body, content_type = self.metrics.exposition()
         return Response(body, media_type=content_type)
+
+
+def _tier_unavailable(why: object) -> RequestError:
+    return RequestError(503, f"no tier could answer: {why}", type="server_error", code="tier_unavailable")
 
 
 async def _disconnected(request: Request, gone: asyncio.Event) -> None:
