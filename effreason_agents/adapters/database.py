@@ -992,6 +992,12 @@ class Database:
                     f"(SELECT COALESCE(MAX(rowid), 0) + 1 FROM {table}), false)",
                     (table,),
                 )
+            self._imported(tx, table, batch)
             return max(int(inserted), 0)
 
         return self._run(f"import {len(batch)} rows into {table}", insert)
+
+    def _imported(self, tx: Any, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Called by :meth:`import_rows` in its transaction after inserting ``rows`` into
+        ``table`` (those already there were skipped): a subclass keeps what it derives from
+        the rows up to date here. Does nothing by default."""

@@ -32,12 +32,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from effreason_agents.adapters.database import Database, Row
-from effreason_agents.adapters.ledger import MIGRATIONS, PRIMARY_KEYS, TABLES
+from effreason_agents.adapters.database import Row
+from effreason_agents.adapters.ledger import LedgerDatabase
 from effreason_agents.config import LimitConfig
 from effreason_agents.core.money import format_usd, from_micro, to_micro_floor
 from effreason_agents.core.records import Scope
-from effreason_agents.errors import LedgerError, VirtualKeyError
+from effreason_agents.errors import VirtualKeyError
 
 __all__ = [
     "KEY_PREFIX",
@@ -169,7 +169,7 @@ def _valid_rpm(rpm: Any) -> int | None:
     return rpm
 
 
-class KeyStore(Database):
+class KeyStore(LedgerDatabase):
     """The virtual keys kept in a budget ledger's database: a SQLite file or a
     ``postgresql://`` URL (the same database and migrations as
     :class:`~effreason_agents.adapters.ledger.BudgetLedger`; either opens a database the
@@ -179,14 +179,6 @@ class KeyStore(Database):
     Storage failures raise :class:`~effreason_agents.errors.LedgerError`; refusals (a taken
     name, an unknown key, a bad limit) raise :class:`~effreason_agents.errors.VirtualKeyError`.
     """
-
-    kind = "budget ledger"
-    error = LedgerError
-    migrations = MIGRATIONS
-    component = "ledger"
-    tables = TABLES
-    primary_keys = PRIMARY_KEYS
-    unusable_hint = "move the file away or set budget.ledger_path"
 
     def __init__(
         self, target: str | Path, *, timeout_s: float = 30.0, clock: Callable[[], float] = time.time

@@ -27,6 +27,22 @@ The budget protocol, as this ledger implements it:
   holds whose time is up, so the holds of a killed process free their room the next
   time anyone uses the ledger. A call that outlives its hold is still recorded when it
   settles: the ledger's spend is what the providers billed.
+
+Checking a hold and reading a budget take the same time however long a scope's history
+is (an API key's user scope accumulates every request it ever made): each scope has a
+row of running totals (``scope_totals``: spent, held, and how many holds are outstanding)
+that every hold, settlement, release and expiry sweep updates in the same transaction as
+the change, so the totals always equal the sums over the scope's holds:
+
+* spent = the actual usage of its committed holds;
+* held = the worst cases of its holds whose status is ``reserved``, past their expiry or
+  not (a hold leaves "held" when it is settled, released, or swept after its expiry).
+
+``reserve`` sweeps expired holds before it checks, so its check reads the totals as they
+are. Reads (:meth:`BudgetLedger.spent`, ``reserved``, ``remaining``, ``show``) do not write,
+so they subtract the scope's holds that are past their expiry but not swept yet (found
+through the expiry index: only holds that expired since the last ``reserve``): a crashed
+process's hold never understates what is left of a budget.
 """
 
 from __future__ import annotations
@@ -55,6 +71,7 @@ __all__ = [
     "TABLES",
     "BudgetExhausted",
     "BudgetLedger",
+    "LedgerDatabase",
     "LedgerError",
     "Reservation",
     "ReservationStatus",
@@ -77,6 +94,25 @@ _LIMIT_NAMES = ("max_output_tokens", "max_total_tokens", "max_cost_usd")
 # --------------------------------------------------------------------------
 # Schema
 # --------------------------------------------------------------------------
+
+# Every scope's running totals from the holds' history: the backfill of migration
+# 0004_scope_totals (never edit it; a changed backfill is a new migration) and
+# BudgetLedger.rebuild_totals.
+_TOTALS_FROM_HISTORY_SQL = """
+INSERT INTO scope_totals (kind, scope_key, spent_output_tokens, spent_total_tokens, spent_micro_usd,
+    held_output_tokens, held_total_tokens, held_micro_usd, held_count)
+SELECT s.kind, s.scope_key,
+    COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0),
+    COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN 1 END), 0)
+FROM reservation_scopes s JOIN reservations r ON r.key = s.reservation_key
+WHERE r.status IN ('committed', 'reserved')
+GROUP BY s.kind, s.scope_key
+"""
 
 # Named, append-only migrations: never edit or reorder an entry; add new ones at the end.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -151,10 +187,37 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # Running totals per scope, so a hold's check and a budget read are one primary-key
+        # lookup per scope instead of a sum over the scope's whole history. Filled from the
+        # existing holds: committed actual usage is spent; every hold whose status is
+        # 'reserved' is held, past its expiry or not, exactly as the ledger keeps the totals
+        # afterwards (reads subtract the expired ones). Stop writers of an older version
+        # before applying it: their holds would not update the totals
+        # (BudgetLedger.rebuild_totals recomputes them).
+        "0004_scope_totals",
+        [
+            """CREATE TABLE scope_totals (
+                kind TEXT NOT NULL,
+                scope_key TEXT NOT NULL,
+                spent_output_tokens INTEGER NOT NULL DEFAULT 0,
+                spent_total_tokens INTEGER NOT NULL DEFAULT 0,
+                spent_micro_usd INTEGER NOT NULL DEFAULT 0,
+                held_output_tokens INTEGER NOT NULL DEFAULT 0,
+                held_total_tokens INTEGER NOT NULL DEFAULT 0,
+                held_micro_usd INTEGER NOT NULL DEFAULT 0,
+                held_count INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (kind, scope_key)
+            )""",
+            _TOTALS_FROM_HISTORY_SQL,
+        ],
+    ),
 ]
 
 TABLES: tuple[str, ...] = ("scope_limits", "reservations", "reservation_scopes", "api_keys", "rate_windows")
-"""The ledger's tables (the virtual keys' included), in foreign-key order: copy them in this order."""
+"""The ledger's tables (the virtual keys' included), in foreign-key order: copy them in this order.
+``scope_totals`` is not among them: it is derived from the holds, and importing holds
+(:meth:`BudgetLedger.import_rows`) updates the totals of their scopes."""
 
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "scope_limits": ("kind", "scope_key"),
@@ -164,69 +227,123 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "rate_windows": ("key_id", "minute"),
 }
 
-# Sums are cast back to integers: PostgreSQL sums BIGINT columns as NUMERIC.
-_SCOPE_TOTALS_SQL = """
+_TOTALS_COLUMNS = (
+    "spent_output_tokens",
+    "spent_total_tokens",
+    "spent_micro_usd",
+    "held_output_tokens",
+    "held_total_tokens",
+    "held_micro_usd",
+    "held_count",
+)
+
+# Adds a change to a scope's running totals (creating its row on the first hold). Each call
+# is atomic per row on both backends; callers pass every scope of a transaction at once, in
+# sorted order, so two transactions never wait on each other's rows in opposite orders.
+_ADD_TOTALS_SQL = (
+    f"INSERT INTO scope_totals (kind, scope_key, {', '.join(_TOTALS_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, scope_key) DO UPDATE SET "
+    + ", ".join(f"{c} = scope_totals.{c} + excluded.{c}" for c in _TOTALS_COLUMNS)
+)
+
+# A scope's totals recomputed from its history (to repair totals, and after importing holds).
+_SCOPE_HISTORY_SQL = """
 SELECT
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0) AS BIGINT) AS s_out,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0) AS BIGINT) AS s_tot,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0) AS BIGINT) AS s_usd,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_output_tokens END), 0) AS BIGINT)
-    AS r_out,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_total_tokens END), 0) AS BIGINT)
-    AS r_tot,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' AND {live} THEN r.reserved_micro_usd END), 0) AS BIGINT)
-    AS r_usd
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS BIGINT),
+  CAST(COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN 1 END), 0) AS BIGINT)
 FROM reservation_scopes s JOIN reservations r ON r.key = s.reservation_key
-WHERE s.kind = :kind AND s.scope_key = :key
-""".format(live="(r.expires_at IS NULL OR r.expires_at >= :now)")
-"""Spent and held totals of one scope. Holds past their deadline are not counted: they are
-released by the next write (reads never hold the write lock), so what is left of a budget
-is never understated by a crashed process's hold."""
+WHERE s.kind = ? AND s.scope_key = ?
+"""
+
+# One scope's budget as reads report it: the running totals, less the holds of the scope that
+# are past their expiry but not swept yet (reads never write, and a crashed process's hold
+# must not understate what is left). Those are found from the expiry index (only holds that
+# expired since the last reserve) and matched to the scope by primary key, so the read costs
+# the same however long the scope's history is. (The match is a scalar subquery, not EXISTS:
+# PostgreSQL turns EXISTS into a join it may drive from the scope's history when its
+# statistics are missing, e.g. right after a copy.) ``expired_holds`` also counts holds from
+# before expiries existed (no expires_at) that are older than the ledger's default ttl, as
+# the sweep does; those still count as held until they are swept, as they always have.
+_SCOPE_READ_SQL = """
+WITH late AS (
+  SELECT COUNT(*) AS n,
+    CAST(COALESCE(SUM(CASE WHEN r.expires_at < :now THEN r.reserved_output_tokens ELSE 0 END), 0) AS BIGINT) AS l_out,
+    CAST(COALESCE(SUM(CASE WHEN r.expires_at < :now THEN r.reserved_total_tokens ELSE 0 END), 0) AS BIGINT) AS l_tot,
+    CAST(COALESCE(SUM(CASE WHEN r.expires_at < :now THEN r.reserved_micro_usd ELSE 0 END), 0) AS BIGINT) AS l_usd
+  FROM reservations r
+  WHERE r.status = 'reserved' AND (r.expires_at < :now OR (r.expires_at IS NULL AND r.updated_at < :stale))
+    AND (SELECT COUNT(*) FROM reservation_scopes s
+         WHERE s.reservation_key = r.key AND s.kind = :kind AND s.scope_key = :key) > 0
+)
+SELECT
+  CAST(COALESCE(t.spent_output_tokens, 0) AS BIGINT) AS s_out,
+  CAST(COALESCE(t.spent_total_tokens, 0) AS BIGINT) AS s_tot,
+  CAST(COALESCE(t.spent_micro_usd, 0) AS BIGINT) AS s_usd,
+  CAST(COALESCE(t.held_output_tokens, 0) - late.l_out AS BIGINT) AS r_out,
+  CAST(COALESCE(t.held_total_tokens, 0) - late.l_tot AS BIGINT) AS r_tot,
+  CAST(COALESCE(t.held_micro_usd, 0) - late.l_usd AS BIGINT) AS r_usd,
+  CAST(COALESCE(t.held_count, 0) AS BIGINT) AS holds,
+  CAST(late.n AS BIGINT) AS expired_holds
+FROM late LEFT JOIN scope_totals t ON t.kind = :kind AND t.scope_key = :key
+"""
 
 # Limits and totals of several scopes in one statement: only scopes with a limits row are
-# returned (the others are unlimited); each is found through the primary key of
-# scope_limits and its holds through idx_reservation_scopes_scope_key (covering). Grouping
-# by that primary key too lets PostgreSQL read the limit columns of the group.
+# returned (the others are unlimited); each is two primary-key lookups (scope_limits and
+# scope_totals), whatever the scope's history.
 _CHECK_SQL = """
 WITH want(pos, kind, scope_key) AS (VALUES {values})
 SELECT w.pos AS pos, l.max_output_tokens, l.max_total_tokens, l.max_micro_usd,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_output_tokens END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_output_tokens END), 0) AS BIGINT) AS u_out,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_total_tokens END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_total_tokens END), 0) AS BIGINT) AS u_tot,
-  CAST(COALESCE(SUM(CASE WHEN r.status = 'committed' THEN r.actual_micro_usd END), 0)
-  + COALESCE(SUM(CASE WHEN r.status = 'reserved' THEN r.reserved_micro_usd END), 0) AS BIGINT) AS u_usd
+  CAST(COALESCE(t.spent_output_tokens + t.held_output_tokens, 0) AS BIGINT) AS u_out,
+  CAST(COALESCE(t.spent_total_tokens + t.held_total_tokens, 0) AS BIGINT) AS u_tot,
+  CAST(COALESCE(t.spent_micro_usd + t.held_micro_usd, 0) AS BIGINT) AS u_usd
 FROM want w
 JOIN scope_limits l ON l.kind = w.kind AND l.scope_key = w.scope_key
-LEFT JOIN reservation_scopes s ON s.kind = w.kind AND s.scope_key = w.scope_key
-LEFT JOIN reservations r ON r.key = s.reservation_key
-GROUP BY w.pos, l.kind, l.scope_key
+LEFT JOIN scope_totals t ON t.kind = w.kind AND t.scope_key = w.scope_key
 ORDER BY w.pos
 """
 
-# Expired holds, found through idx_reservations_status_expires (and, for holds from before
-# migration 0002 without an expiry, idx_reservations_status_updated).
-_SWEEP_SQL = """
-UPDATE reservations SET status = 'released', updated_at = ?
-WHERE status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))
-"""
+# Holds whose time is up (found through idx_reservations_status_expires and, for holds from
+# before migration 0002 without an expiry, idx_reservations_status_updated), and holds taken
+# before a given time (release_stale with a threshold).
+_EXPIRED = "status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))"
+_TAKEN_BEFORE = "status = 'reserved' AND updated_at < ?"
 
-# The same on PostgreSQL, where concurrent holds on disjoint scopes sweep at the same time:
-# rows locked by another transaction (sweeping or settling them) are skipped, never waited
-# on in an order that could deadlock. A skipped hold still counts until it is released,
-# which can only refuse a hold that would have fit, never overspend.
-_SWEEP_SQL_POSTGRES = """
-UPDATE reservations SET status = 'released', updated_at = ?
-WHERE key IN (
-  SELECT key FROM reservations
-  WHERE status = 'reserved' AND (expires_at < ? OR (expires_at IS NULL AND updated_at < ?))
-  ORDER BY key FOR UPDATE SKIP LOCKED
-)
-"""
+_IN_CHUNK = 500  # keys per IN (...) list: far below SQLite's limit on parameters
 
 
 def _check_sql(n: int) -> str:
     return _CHECK_SQL.format(values=", ".join(["(?, ?, ?)"] * n))
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+_Totals = dict[tuple[str, str], list[int]]
+"""Changes to running totals by (kind, scope_key), in :data:`_TOTALS_COLUMNS` order."""
+
+
+def _add(
+    totals: _Totals,
+    scope: tuple[str, str],
+    *,
+    spent: tuple[int, int, int] = (0, 0, 0),
+    held: tuple[int, int, int] = (0, 0, 0),
+    holds: int = 0,
+) -> None:
+    row = totals.setdefault(scope, [0] * len(_TOTALS_COLUMNS))
+    for i, value in enumerate((*spent, *held, holds)):
+        row[i] += value
+
+
+def _amounts(usage: Usage) -> tuple[int, int, int]:
+    return (usage.output_tokens, usage.total_tokens, usage.micro_usd)
 
 
 def _when(ts: float | None) -> str:
@@ -268,7 +385,20 @@ class Reservation:
             self.status = "released"
 
 
-class BudgetLedger(Database):
+class LedgerDatabase(Database):
+    """The budget ledger's database, which the virtual keys share: its schema, tables and
+    how it is named in messages."""
+
+    kind = "budget ledger"
+    error = LedgerError
+    migrations = MIGRATIONS
+    component = "ledger"
+    tables = TABLES
+    primary_keys = PRIMARY_KEYS
+    unusable_hint = "move the file away or set budget.ledger_path"
+
+
+class BudgetLedger(LedgerDatabase):
     """Per-scope limits, holds and spend, in a SQLite file or a PostgreSQL database.
 
     ``target`` is a file path (SQLite: WAL, ``synchronous=FULL``, so a committed
@@ -285,14 +415,6 @@ class BudgetLedger(Database):
     tests. A PostgreSQL server that cannot be reached raises :class:`LedgerError` naming
     the URL without its password.
     """
-
-    kind = "budget ledger"
-    error = LedgerError
-    migrations = MIGRATIONS
-    component = "ledger"
-    tables = TABLES
-    primary_keys = PRIMARY_KEYS
-    unusable_hint = "move the file away or set budget.ledger_path"
 
     def __init__(
         self,
@@ -311,9 +433,115 @@ class BudgetLedger(Database):
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")  # money: every settlement is on disk when commit returns
 
-    @property
-    def _sweep_sql(self) -> str:
-        return _SWEEP_SQL_POSTGRES if self.dialect == "postgresql" else _SWEEP_SQL
+    # -- running totals ------------------------------------------------------
+    #
+    # Every transaction that changes holds collects its changes to the running totals and
+    # applies them last (_apply_totals), in sorted scope order. On PostgreSQL the totals rows
+    # are the only rows a transaction waits on after it holds any of them, so transactions
+    # updating several scopes' totals can never wait on each other in a cycle.
+
+    def _lock_suffix(self, *, skip_locked: bool = False) -> str:
+        """``FOR UPDATE`` on PostgreSQL, where settlements and sweeps run concurrently and the
+        status a change is based on must not change under it (SQLite's write lock already
+        serialises every writer). ``skip_locked``: rows another transaction is changing are
+        left to it."""
+        if self.dialect != "postgresql":
+            return ""
+        return " ORDER BY key FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+    @staticmethod
+    def _apply_totals(conn: Any, totals: _Totals) -> None:
+        rows = [(kind, key, *change) for (kind, key), change in sorted(totals.items()) if any(change)]
+        if rows:
+            conn.executemany(_ADD_TOTALS_SQL, rows)
+
+    @staticmethod
+    def _scopes_of(conn: Any, keys: Sequence[str]) -> list[tuple[str, str, str]]:
+        """``(reservation_key, kind, scope_key)`` of the holds ``keys`` (primary-key lookups)."""
+        found: list[tuple[str, str, str]] = []
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            found.extend(
+                (row[0], row[1], row[2])
+                for row in conn.execute(
+                    "SELECT reservation_key, kind, scope_key FROM reservation_scopes "
+                    f"WHERE reservation_key IN ({marks})",
+                    tuple(chunk),
+                )
+            )
+        return found
+
+    def _release_where(
+        self, conn: Any, totals: _Totals, now: float, condition: str, params: Sequence[Any], *, skip_locked: bool
+    ) -> int:
+        """Release the holds matching ``condition`` (a WHERE clause on ``reservations``); their
+        worst cases leave the held totals of their scopes (added to ``totals``). Returns how
+        many were released. On PostgreSQL ``skip_locked`` leaves holds another transaction is
+        settling or sweeping to it (never waiting on them in an order that could deadlock);
+        a skipped hold still counts until it is released, which can only refuse a hold that
+        would have fit, never overspend."""
+        rows = conn.execute(
+            "SELECT key, reserved_output_tokens, reserved_total_tokens, reserved_micro_usd FROM reservations "
+            f"WHERE {condition}{self._lock_suffix(skip_locked=skip_locked)}",
+            tuple(params),
+        ).fetchall()
+        if not rows:
+            return 0
+        held = {row[0]: (-row[1], -row[2], -row[3]) for row in rows}
+        keys = list(held)
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            conn.execute(
+                f"UPDATE reservations SET status = 'released', updated_at = ? WHERE key IN ({marks})", (now, *chunk)
+            )
+        for key, kind, scope_key in self._scopes_of(conn, keys):
+            _add(totals, (kind, scope_key), held=held[key], holds=-1)
+        return len(keys)
+
+    def _recompute_totals(self, conn: Any, scopes: Sequence[tuple[str, str]]) -> None:
+        """Set the totals of ``scopes`` from their holds' history. Each row is locked before
+        its history is read, so a concurrent change either is in that read (it committed
+        first) or adds itself to the recomputed row afterwards."""
+        for kind, scope_key in sorted(set(scopes)):
+            conn.execute(
+                "INSERT INTO scope_totals (kind, scope_key) VALUES (?, ?) ON CONFLICT (kind, scope_key) DO NOTHING",
+                (kind, scope_key),
+            )
+            if self.dialect == "postgresql":
+                conn.execute(
+                    "SELECT 1 FROM scope_totals WHERE kind = ? AND scope_key = ? FOR UPDATE", (kind, scope_key)
+                )
+            sums = conn.execute(_SCOPE_HISTORY_SQL, (kind, scope_key)).fetchone()
+            conn.execute(
+                f"UPDATE scope_totals SET {', '.join(f'{c} = ?' for c in _TOTALS_COLUMNS)} "
+                "WHERE kind = ? AND scope_key = ?",
+                (*(int(v) for v in sums), kind, scope_key),
+            )
+
+    def _imported(self, tx: Any, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Imported holds count in their scopes' running totals (``import_rows`` calls this
+        in its transaction; rows already there were skipped and are recounted unchanged)."""
+        if table == "reservation_scopes":
+            self._recompute_totals(tx, [(row["kind"], row["scope_key"]) for row in rows])
+        elif table == "reservations":  # a hold's scopes are imported after it; recount any already there
+            scopes = self._scopes_of(tx, [row["key"] for row in rows])
+            self._recompute_totals(tx, [(kind, scope_key) for _, kind, scope_key in scopes])
+
+    def rebuild_totals(self) -> int:
+        """Recompute every scope's running totals from the holds' history, in one transaction
+        (on PostgreSQL other writers wait for it); returns how many scopes have totals.
+
+        The ledger keeps the totals exact by itself; this repairs them after the tables were
+        written by something else: rows edited by hand, or holds taken by an older version of
+        effreason-agents still running after migration ``0004_scope_totals`` was applied."""
+        with self._transaction("rebuild the running totals") as conn:
+            if self.dialect == "postgresql":
+                # Writers take ROW EXCLUSIVE on scope_totals when they update it: they wait,
+                # and add their changes to the rebuilt rows once this commits.
+                conn.execute("LOCK TABLE scope_totals IN SHARE ROW EXCLUSIVE MODE")
+            conn.execute("DELETE FROM scope_totals")
+            conn.execute(_TOTALS_FROM_HISTORY_SQL)
+            return int(conn.execute("SELECT COUNT(*) FROM scope_totals").fetchone()[0])
 
     @staticmethod
     def _valid_ttl(ttl_s: float, name: str) -> float:
@@ -454,7 +682,10 @@ class BudgetLedger(Database):
         locks = [f"{s.kind}:{s.key}" for s in unique]
         with self._transaction(f"reserve {key!r}", locks=locks) as conn:
             now = self._clock()
-            swept = conn.execute(self._sweep_sql, (now, now, now - self.default_ttl_s)).rowcount
+            totals: _Totals = {}
+            swept = self._release_where(
+                conn, totals, now, _EXPIRED, (now, now - self.default_ttl_s), skip_locked=True
+            )
             row = conn.execute("SELECT status FROM reservations WHERE key = ?", (key,)).fetchone()
             status: ReservationStatus = "reserved" if row is None else row["status"]
             if status == "reserved" and row is not None:
@@ -465,10 +696,13 @@ class BudgetLedger(Database):
             elif status == "released" or row is None:
                 if new_limits:
                     self._insert_missing_limits(conn, new_limits, now)
-                refusal = self._check(conn, unique, worst)
+                refusal = self._check(conn, unique, worst, totals)
                 if refusal is None:
                     status = "reserved"
                     self._hold(conn, key, unique, worst, now, now + ttl, fresh=row is None)
+                    for s in unique:
+                        _add(totals, (s.kind, s.key), held=_amounts(worst), holds=1)
+            self._apply_totals(conn, totals)
         if swept:
             log.info("released %d expired budget hold(s) in %s (not settled before their expiry)", swept, self.location)
         if refusal is not None:
@@ -508,19 +742,21 @@ class BudgetLedger(Database):
         )
 
     @staticmethod
-    def _check(conn: Any, scopes: list[Scope], worst: Usage) -> BudgetExhausted | None:
-        """The refusal for the first scope (in the given order) that cannot cover ``worst``."""
+    def _check(conn: Any, scopes: list[Scope], worst: Usage, pending: _Totals) -> BudgetExhausted | None:
+        """The refusal for the first scope (in the given order) that cannot cover ``worst``.
+        ``pending``: changes to the totals this transaction has made but not written yet
+        (the holds it swept), counted as written."""
         params = [v for i, s in enumerate(scopes) for v in (i, s.kind, s.key)]
         for t in conn.execute(_check_sql(len(scopes)), params).fetchall():
+            scope = scopes[t["pos"]]
+            d = pending.get((scope.kind, scope.key), [0] * len(_TOTALS_COLUMNS))  # spent (0-2) and held (3-5)
             for name, cap, used, need in (
-                ("max_output_tokens", t["max_output_tokens"], t["u_out"], worst.output_tokens),
-                ("max_total_tokens", t["max_total_tokens"], t["u_tot"], worst.total_tokens),
-                ("max_cost_usd", t["max_micro_usd"], t["u_usd"], worst.micro_usd),
+                ("max_output_tokens", t["max_output_tokens"], t["u_out"] + d[0] + d[3], worst.output_tokens),
+                ("max_total_tokens", t["max_total_tokens"], t["u_tot"] + d[1] + d[4], worst.total_tokens),
+                ("max_cost_usd", t["max_micro_usd"], t["u_usd"] + d[2] + d[5], worst.micro_usd),
             ):
                 if cap is not None and used + need > cap:
-                    return BudgetExhausted(
-                        scopes[t["pos"]], name, needed=need, remaining=cap - used, limit_value=cap, used=used
-                    )
+                    return BudgetExhausted(scope, name, needed=need, remaining=cap - used, limit_value=cap, used=used)
         return None
 
     def commit(self, key: str, actual: Usage, *, result: Mapping[str, Any] | None = None) -> None:
@@ -553,23 +789,39 @@ class BudgetLedger(Database):
                 ) from exc
 
         def settle(conn: Any) -> Row | None:
+            # Locked on PostgreSQL: a concurrent settlement or sweep of the key waits, so the
+            # status read here is the one this settlement changes (and the totals move once).
             row = conn.execute(
                 "SELECT status, reserved_output_tokens, reserved_total_tokens, reserved_micro_usd, expires_at, "
-                "updated_at FROM reservations WHERE key = ?",
+                f"updated_at FROM reservations WHERE key = ?{self._lock_suffix()}",
                 (key,),
             ).fetchone()
             if row is None:
                 raise LedgerError(f"no reservation {key!r} in {self.location}; reserve before committing")
             if row["status"] == "committed":
                 return None
-            # The status test keeps a concurrent settlement of the same key from being overwritten
-            # on PostgreSQL (which, unlike SQLite, lets two settling transactions read at once).
             updated = conn.execute(
                 "UPDATE reservations SET status = 'committed', actual_output_tokens = ?, actual_total_tokens = ?, "
                 "actual_micro_usd = ?, result = ?, updated_at = ? WHERE key = ? AND status <> 'committed'",
                 (actual.output_tokens, actual.total_tokens, actual.micro_usd, payload, self._clock(), key),
             ).rowcount
-            return row if updated else None
+            if not updated:
+                return None
+            # Spent on every scope of the hold; a hold still outstanding leaves "held" (one
+            # released before it was settled no longer counted there).
+            outstanding = row["status"] == "reserved"
+            held = (-row["reserved_output_tokens"], -row["reserved_total_tokens"], -row["reserved_micro_usd"])
+            totals: _Totals = {}
+            for _, kind, scope_key in self._scopes_of(conn, [key]):
+                _add(
+                    totals,
+                    (kind, scope_key),
+                    spent=_amounts(actual),
+                    held=held if outstanding else (0, 0, 0),
+                    holds=-1 if outstanding else 0,
+                )
+            self._apply_totals(conn, totals)
+            return row
 
         row = self._run(f"commit {key!r}", settle, retry=True)
         if row is None:
@@ -624,14 +876,13 @@ class BudgetLedger(Database):
         unknown key, so it is safe in cleanup code (and retried once on PostgreSQL when
         the connection is lost on the way)."""
         now = self._clock()
-        self._run(
-            f"release {key!r}",
-            lambda conn: conn.execute(
-                "UPDATE reservations SET status = 'released', updated_at = ? WHERE key = ? AND status = 'reserved'",
-                (now, key),
-            ),
-            retry=True,
-        )
+
+        def free(conn: Any) -> None:
+            totals: _Totals = {}
+            self._release_where(conn, totals, now, "key = ? AND status = 'reserved'", (key,), skip_locked=False)
+            self._apply_totals(conn, totals)
+
+        self._run(f"release {key!r}", free, retry=True)
 
     def status(self, key: str) -> ReservationStatus | None:
         """``"reserved"``, ``"committed"``, ``"released"``, or ``None`` for an unknown key."""
@@ -669,24 +920,30 @@ class BudgetLedger(Database):
         before expiries existed count as expiring ``default_ttl_s`` after they were taken).
         ``reserve`` already does this on every call, so this is for a ledger nobody is
         reserving on. With a number: every hold taken more than ``older_than_s`` seconds
-        ago, whatever its expiry (pick a threshold above the longest call)."""
+        ago, whatever its expiry (pick a threshold above the longest call). On PostgreSQL a
+        hold that another transaction is settling or sweeping at that moment is left to it."""
         now = self._clock() if now is None else now
+        if older_than_s is None:
+            condition, params = _EXPIRED, (now, now - self.default_ttl_s)
+        elif older_than_s < 0:
+            raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
+        else:
+            condition, params = _TAKEN_BEFORE, (now - older_than_s,)
         with self._transaction("release stale reservations") as conn:
-            if older_than_s is None:
-                return conn.execute(self._sweep_sql, (now, now, now - self.default_ttl_s)).rowcount
-            if older_than_s < 0:
-                raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
-            cur = conn.execute(
-                "UPDATE reservations SET status = 'released', updated_at = ? "
-                "WHERE status = 'reserved' AND updated_at < ?",
-                (now, now - older_than_s),
-            )
-            return cur.rowcount
+            totals: _Totals = {}
+            released = self._release_where(conn, totals, now, condition, params, skip_locked=True)
+            self._apply_totals(conn, totals)
+            return released
 
     # -- reading -----------------------------------------------------------
 
+    def _read_params(self, scope: Scope, now: float) -> dict[str, Any]:
+        return {"kind": scope.kind, "key": scope.key, "now": now, "stale": now - self.default_ttl_s}
+
     def _totals(self, scope: Scope) -> Row:
-        return self._query(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": self._clock()})[0]
+        """Spent (``s_*``) and held (``r_*``, holds past their expiry left out), ``holds`` and
+        ``expired_holds`` of one scope, from its running totals."""
+        return self._query(_SCOPE_READ_SQL, self._read_params(scope, self._clock()))[0]
 
     def spent(self, scope: Scope) -> Usage:
         """Committed actual usage of the scope."""
@@ -736,23 +993,16 @@ class BudgetLedger(Database):
         Money is a plain decimal string (:func:`format_usd`)."""
         now = self._clock()
 
-        def read(conn: Any) -> tuple[Row, Row | None, Row]:
-            t = conn.execute(_SCOPE_TOTALS_SQL, {"kind": scope.kind, "key": scope.key, "now": now}).fetchone()
+        def read(conn: Any) -> tuple[Row, Row | None]:
+            t = conn.execute(_SCOPE_READ_SQL, self._read_params(scope, now)).fetchone()
             lim = conn.execute(
                 "SELECT max_output_tokens, max_total_tokens, max_micro_usd FROM scope_limits "
                 "WHERE kind = ? AND scope_key = ?",
                 (scope.kind, scope.key),
             ).fetchone()
-            counts = conn.execute(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN r.expires_at < ? OR (r.expires_at IS NULL "
-                "AND r.updated_at < ?) THEN 1 ELSE 0 END), 0) AS expired FROM reservations r "
-                "JOIN reservation_scopes s ON s.reservation_key = r.key AND s.kind = ? AND s.scope_key = ? "
-                "WHERE r.status = 'reserved'",
-                (now, now - self.default_ttl_s, scope.kind, scope.key),
-            ).fetchone()
-            return t, lim, counts
+            return t, lim
 
-        t, lim, counts = self._read(f"show {scope}", read, snapshot=True)
+        t, lim = self._read(f"show {scope}", read, snapshot=True)
         spent = (t["s_out"], t["s_tot"], t["s_usd"])
         held = (t["r_out"], t["r_tot"], t["r_usd"])
         caps = (None, None, None) if lim is None else (lim[0], lim[1], lim[2])
@@ -772,8 +1022,8 @@ class BudgetLedger(Database):
             "spent": quantities(spent),
             "held": quantities(held),
             "remaining": quantities(left),
-            "holds": counts["n"],
-            "expired_holds": counts["expired"],
+            "holds": t["holds"],
+            "expired_holds": t["expired_holds"],
         }
 
     def remaining(self, scope: Scope) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from effreason_agents.adapters.ledger import (
     from_micro,
     to_micro,
 )
+from totals_helpers import fresh_totals, live_sums, stored_totals
 
 REQ = Scope("request", "r1")
 THREAD = Scope("thread", "t1")
@@ -404,3 +405,196 @@ def test_many_openers_of_a_new_ledger_at_once(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+
+
+# -- running totals per scope ----------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _assert_totals_exact(
+    led: BudgetLedger, db_rows, target: str, scopes: list[Scope], now: float
+) -> tuple[int, int]:
+    """The stored totals are the sums over the history, and every read reports what a sum
+    over the history says it must (holds past their expiry not held). Returns how many
+    scopes had live holds, and how many had holds past their expiry not swept yet."""
+    assert stored_totals(db_rows, target) == fresh_totals(db_rows, target)
+    live = expired = 0
+    for s in scopes:
+        want = live_sums(db_rows, target, s.kind, s.key, now, led.default_ttl_s)
+        assert led.spent(s) == Usage(*want[0:3]), s
+        assert led.reserved(s) == Usage(*want[3:6]), s
+        shown = led.show(s)
+        assert (shown["holds"], shown["expired_holds"]) == want[6:8], s
+        assert shown["held"]["total_tokens"] == want[4] and shown["spent"]["output_tokens"] == want[0]
+        money = led.remaining(s)["max_cost_usd"]
+        assert (money["used"], money["reserved"]) == (str(from_micro(want[2])), str(from_micro(want[5])))
+        live += want[6] > want[7]
+        expired += want[7] > 0
+    return live, expired
+
+
+def test_totals_equal_the_sums_of_the_history_after_random_operations(db_target: str, db_rows) -> None:
+    """A few hundred random holds, settlements, releases, expiries and sweeps on overlapping
+    scopes (fixed seed): after each batch, the running totals are exactly the sums over the
+    history and the reads report what they reported when they summed the history."""
+    rng = random.Random(20240611)
+    clock = _Clock()
+    requests = [Scope("request", f"r{i}") for i in range(8)]
+    threads = [Scope("thread", f"t{i}") for i in range(3)]
+    users = [Scope("user", f"u{i}") for i in range(2)]
+    every = requests + threads + users
+    keys = [f"k{i}" for i in range(60)]
+    seen = {"refused": 0, "reserved": 0, "committed": 0, "released": 0, "swept": 0, "held again": 0,
+            "scopes with live holds": 0, "scopes with expired holds": 0}
+    with BudgetLedger(db_target, clock=clock, default_ttl_s=40) as led:
+        led.set_limits(threads[0], LimitConfig(max_cost_usd=Decimal("0.02")))
+        led.set_limits(users[0], LimitConfig(max_total_tokens=6000))
+        led.set_limits(users[1], LimitConfig(max_output_tokens=900, max_cost_usd=Decimal("0.05")))
+        for step in range(400):
+            op = rng.choices(
+                ["reserve", "commit", "release", "tick", "sweep", "stale"], [45, 25, 10, 12, 4, 4]
+            )[0]
+            key = rng.choice(keys)
+            if op == "reserve":
+                scopes = [rng.choice(requests), *rng.sample(threads, rng.randint(0, 2)),
+                          *rng.sample(users, rng.randint(0, 2))]
+                rng.shuffle(scopes)
+                worst = Usage(rng.randint(0, 120), rng.randint(0, 800), rng.randint(0, 4000))
+                before = led.status(key)
+                try:
+                    status = led.reserve(key, scopes, worst, ttl_s=rng.choice([None, 1, 5, 30, 200]))
+                except BudgetExhausted:
+                    seen["refused"] += 1
+                else:
+                    seen["held again" if before == "released" and status == "reserved" else "reserved"] += 1
+            elif op == "commit" and led.status(key) is not None:
+                actual = Usage(rng.randint(0, 130), rng.randint(0, 900), rng.randint(0, 4500))
+                led.commit(key, actual, result={"step": step})
+                seen["committed"] += 1
+            elif op == "release":
+                led.release(key)
+                seen["released"] += 1
+            elif op == "tick":
+                clock.now += rng.uniform(0, 25)
+            elif op == "sweep":
+                seen["swept"] += led.release_stale()
+            elif op == "stale":
+                seen["swept"] += led.release_stale(rng.uniform(0, 60))
+            if step % 25 == 24 or step == 399:
+                live, expired = _assert_totals_exact(led, db_rows, db_target, every, clock.now)
+                seen["scopes with live holds"] += live
+                seen["scopes with expired holds"] += expired
+        assert all(seen.values()), seen  # every kind of change and of read happened
+        totals = stored_totals(db_rows, db_target)
+        assert led.rebuild_totals() >= len(totals)
+        assert stored_totals(db_rows, db_target) == totals  # nothing to repair
+
+
+def test_rebuild_totals_repairs_totals_written_behind_the_ledgers_back(db_target: str, db_rows) -> None:
+    with BudgetLedger(db_target) as led:
+        led.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
+        led.reserve("a", [REQ, THREAD], Usage(5, 50, 4000))
+        led.commit("a", Usage(4, 40, 3000))
+        led.reserve("b", [Scope("request", "r2"), THREAD, USER], Usage(5, 50, 5000))
+        right = stored_totals(db_rows, db_target)
+        assert right[("thread", "t1")] == (4, 40, 3000, 5, 50, 5000, 1)
+        # e.g. an older version still running after the migration: its settlement moved no totals
+        db_rows(db_target, "UPDATE reservations SET status = 'committed', actual_output_tokens = 1, "
+                           "actual_total_tokens = 10, actual_micro_usd = 1000 WHERE key = 'b'")
+        db_rows(db_target, "UPDATE scope_totals SET spent_micro_usd = 0 WHERE kind = 'request'")
+        assert led.rebuild_totals() == 4
+        assert stored_totals(db_rows, db_target) == fresh_totals(db_rows, db_target)
+        assert led.spent(THREAD) == Usage(5, 50, 4000) and led.reserved(THREAD) == Usage()
+        assert led.reserve("c", [THREAD], Usage(micro_usd=6000)) == "reserved"  # 4000 + 6000 fits exactly
+        with pytest.raises(BudgetExhausted):
+            led.reserve("d", [THREAD], Usage(micro_usd=1))
+
+
+TOTALS_WORKER = """
+import json, random, sys, time
+from effreason_agents.adapters.ledger import BudgetExhausted, BudgetLedger, Scope, Usage
+
+target, proc, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rng = random.Random(proc)
+threads = [Scope("thread", f"t{i}") for i in range(3)]
+users = [Scope("user", f"u{i}") for i in range(2)]
+report = {"refused": 0, "held": 0, "committed_micro": 0, "errors": []}
+led = BudgetLedger(target)
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(n):
+    key = f"p{proc}-{i}"
+    scopes = [Scope("request", key), *rng.sample(threads, rng.randint(1, 2)), *rng.sample(users, rng.randint(1, 2))]
+    rng.shuffle(scopes)  # every process names them in its own order
+    worst = Usage(rng.randint(1, 50), rng.randint(50, 200), rng.randint(300, 1500))
+    action = rng.choices(["commit", "release", "abandon", "sweep"], [60, 15, 15, 10])[0]
+    try:
+        led.reserve(key, scopes, worst, ttl_s=0.05 if action == "abandon" else None)
+    except BudgetExhausted:
+        report["refused"] += 1
+        continue
+    except Exception as exc:
+        report["errors"].append(repr(exc))
+        continue
+    report["held"] += 1
+    time.sleep(rng.uniform(0, 0.003))  # the model call
+    try:
+        if action == "release":
+            led.release(key)
+            continue
+        if action == "abandon":
+            continue  # left held, as by a crash: it expires and another process sweeps it
+        if action == "sweep":
+            led.release_stale()  # sweeps other processes' expired holds while they reserve
+        actual = rng.randint(0, worst.micro_usd)
+        led.commit(key, Usage(worst.output_tokens, worst.total_tokens, actual), result={"key": key})
+        report["committed_micro"] += actual
+    except Exception as exc:
+        report["errors"].append(repr(exc))
+led.close()
+print(json.dumps(report))
+"""
+
+
+def test_processes_on_overlapping_scopes_keep_the_totals_exact_and_never_pass_a_cap(db_target: str, db_rows) -> None:
+    """Six processes hold, settle, release, abandon and sweep on overlapping threads and users
+    (each naming its scopes in its own order): no error (no deadlock on PostgreSQL), no cap
+    passed, and the running totals equal the sums over the history."""
+    import json
+    import subprocess
+    import sys
+
+    caps = {Scope("thread", "t0"): 9000, Scope("thread", "t1"): 12000, Scope("thread", "t2"): 15000,
+            Scope("user", "u0"): 20000, Scope("user", "u1"): 25000}
+    with BudgetLedger(db_target) as setup:
+        for scope, cap in caps.items():
+            setup.set_limits(scope, LimitConfig(max_cost_usd=from_micro(cap)))
+    start = time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TOTALS_WORKER, db_target, str(p), "30", str(start)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in range(6)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [r["errors"] for r in reports] == [[]] * 6
+    assert sum(r["refused"] for r in reports) > 0 and sum(r["held"] for r in reports) > 0, reports
+
+    time.sleep(0.1)  # the abandoned holds expire
+    with BudgetLedger(db_target) as led:
+        led.release_stale()
+        assert stored_totals(db_rows, db_target) == fresh_totals(db_rows, db_target)
+        for scope, cap in caps.items():
+            assert led.reserved(scope) == Usage()
+            assert led.spent(scope).micro_usd <= cap, scope
+        [(billed,)] = db_rows(db_target, "SELECT SUM(actual_micro_usd) FROM reservations WHERE status = 'committed'")
+        assert int(billed) == sum(r["committed_micro"] for r in reports)

@@ -34,6 +34,7 @@ from effreason_agents.adapters.ledger import (
 )
 from effreason_agents.adapters.store import OutcomeStore
 from effreason_agents.config import BudgetConfig, LimitConfig
+from totals_helpers import fresh_totals, stored_totals
 
 REQ = Scope("request", "r1")
 THREAD = Scope("thread", "t1")
@@ -561,3 +562,143 @@ def test_eight_processes_never_exceed_a_small_cap(tmp_path: Path) -> None:
         assert spent.micro_usd + held.micro_usd <= cap_micro
         abandoned = sum(r["abandoned"] for r in reports)
         assert len(led.holds(thread)) <= abandoned  # only abandoned holds may remain, until they expire
+
+
+# -- running totals: a check and a read cost the same whatever the history -------------
+
+
+def _vm_steps(ledger: BudgetLedger, call) -> int:
+    """SQLite virtual-machine instructions run by ``call()`` on the ledger's connection."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    ledger._db().set_progress_handler(count, 1)
+    try:
+        call()
+    finally:
+        ledger._db().set_progress_handler(None, 1)
+    return steps[0]
+
+
+def test_a_hold_and_a_read_take_the_same_steps_however_long_the_history(sqlite_ledger: BudgetLedger) -> None:
+    """An API key's user scope accumulates every request it makes: holding, settling and
+    reading its budget execute exactly as many SQLite instructions after 400 settled holds
+    as after 10 (the running totals are read, the history is never summed)."""
+    ledger = sqlite_ledger
+    ledger.set_limits(USER, LimitConfig(max_cost_usd=Decimal("1000")))
+    ledger.set_limits(THREAD, LimitConfig(max_total_tokens=10**9))
+    done = 0
+    costs = []
+    for history in (10, 400):
+        while done < history:
+            key = f"h{done}"
+            ledger.reserve(key, [Scope("request", key), THREAD, USER], Usage(1, 20, 300))
+            ledger.commit(key, Usage(1, 15, 200))
+            done += 1
+        key = f"new{history}"
+        scopes = [Scope("request", key), THREAD, USER]
+        costs.append((
+            _vm_steps(ledger, lambda: ledger.reserve(key, scopes, Usage(1, 20, 300))),
+            _vm_steps(ledger, lambda: ledger.commit(key, Usage(1, 15, 200))),
+            _vm_steps(ledger, lambda: ledger.show(USER)),
+            _vm_steps(ledger, lambda: ledger.remaining(USER)),
+            _vm_steps(ledger, lambda: ledger.spent(THREAD)),
+        ))
+    assert costs[0] == costs[1], costs
+    assert ledger.spent(USER) == Usage(402, 6030, 80_400)
+
+
+def test_reads_use_the_totals_and_never_the_scopes_history(sqlite_ledger: BudgetLedger, tmp_path: Path) -> None:
+    """What spent / reserved / remaining / show execute: index searches only, the scope's
+    totals by primary key, and reservation_scopes probed only by a hold's key (for holds
+    past their expiry), never searched by scope."""
+    ledger, clock = sqlite_ledger, sqlite_ledger._clock
+    for i in range(20):
+        ledger.reserve(f"old{i}", [Scope("request", f"o{i}"), USER], Usage(1, 2, 3), ttl_s=5)
+        if i % 2:
+            ledger.commit(f"old{i}", Usage(1, 2, 3))
+    clock.now = T0 + 10  # ten holds past their expiry, not swept: reads leave them out
+    statements: list[str] = []
+    ledger._db().set_trace_callback(statements.append)
+    try:
+        assert ledger.reserved(USER) == Usage()
+        assert ledger.spent(USER) == Usage(10, 20, 30)
+        assert ledger.show(USER)["expired_holds"] == 10 and ledger.show(USER)["holds"] == 10
+        ledger.remaining(USER)
+    finally:
+        ledger._db().set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert any("scope_totals" in s for s in reads)
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    try:
+        for sql in reads:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            assert not [p for p in plan if p.startswith("SCAN") and p != "SCAN late"], (sql, plan)
+            for p in plan:
+                if p.startswith("SEARCH s "):  # one hold's row, never the scope's rows
+                    assert all(f"{c}=?" in p for c in ("reservation_key", "kind", "scope_key")), plan
+    finally:
+        conn.close()
+
+
+def test_a_ledger_from_before_running_totals_is_backfilled(
+    db_target: str, db_rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger written at the previous schema (migrations 0001-0003) gets its running
+    totals from its rows when opened: committed actual usage is spent, every outstanding
+    hold is held (past its expiry or not), and reads report what they did before the
+    upgrade: holds past their expiry are not held, holds from before expiries existed are."""
+    previous = MIGRATIONS[:3]
+    assert [n for n, _ in previous] == ["0001_ledger", "0002_hold_expiry_and_result", "0003_virtual_keys"]
+    monkeypatch.setattr(BudgetLedger, "migrations", previous)
+    assert BudgetLedger.migrate(db_target) == [n for n, _ in previous]
+    monkeypatch.undo()
+
+    db_rows(db_target, "INSERT INTO scope_limits VALUES ('thread', 't1', NULL, NULL, 10000, ?)", (T0,))
+    hold = (
+        "INSERT INTO reservations (key, status, reserved_output_tokens, reserved_total_tokens, reserved_micro_usd, "
+        "actual_output_tokens, actual_total_tokens, actual_micro_usd, created_at, updated_at, expires_at, result) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    history = [
+        ("paid1", "committed", (10, 100, 3000), (8, 90, 2500), T0 - 500, T0 + 400, ["r1", "t1", "u1"]),
+        ("paid2", "committed", (5, 50, 2000), (5, 40, 1500), T0 - 400, T0 + 500, ["r2", "t1"]),
+        ("gone", "released", (7, 70, 9999), (None, None, None), T0 - 300, T0 + 600, ["r3", "t1", "u1"]),
+        ("live", "reserved", (3, 30, 1000), (None, None, None), T0 - 5, T0 + 600, ["r4", "t1", "u1"]),
+        ("late", "reserved", (4, 40, 1200), (None, None, None), T0 - 100, T0 - 10, ["r5", "t1"]),
+        ("legacy", "reserved", (2, 20, 500), (None, None, None), T0 - 5000, None, ["t1"]),  # from before 0002
+    ]
+    kinds = {"r": "request", "t": "thread", "u": "user"}
+    for key, status, held, actual, taken, expires, scopes in history:
+        db_rows(db_target, hold, (key, status, *held, *actual, taken, taken, expires, None))
+        for s in scopes:
+            db_rows(db_target, "INSERT INTO reservation_scopes VALUES (?, ?, ?)", (key, kinds[s[0]], s))
+
+    with BudgetLedger(db_target, clock=Clock()) as led:
+        assert led.applied_migrations() == [n for n, _ in MIGRATIONS]
+        assert "0004_scope_totals" in led.applied_migrations()
+        totals = stored_totals(db_rows, db_target)
+        assert totals == fresh_totals(db_rows, db_target)
+        assert totals[("thread", "t1")] == (13, 130, 4000, 9, 90, 2700, 3)
+        assert totals[("user", "u1")] == (8, 90, 2500, 3, 30, 1000, 1)
+        assert ("request", "r3") not in totals  # only a released hold: nothing spent or held
+
+        assert led.spent(THREAD) == Usage(13, 130, 4000)
+        assert led.reserved(THREAD) == Usage(5, 50, 1500)  # "late" is past its expiry; "legacy" still counts
+        shown = led.show(THREAD)
+        assert (shown["holds"], shown["expired_holds"]) == (3, 2)
+        assert shown["remaining"]["cost_usd"] == "0.0045"
+        assert led.remaining(USER)["max_cost_usd"]["used"] == "0.002500"
+
+        # The next hold sweeps "late" and "legacy" (the ledger's default ttl is 900 s), which frees
+        # their room: 4000 spent + 1000 held + 5000 fits the 10000 cap exactly.
+        assert led.reserve("next", [Scope("request", "r6"), THREAD], Usage(micro_usd=5000)) == "reserved"
+        assert (led.status("late"), led.status("legacy")) == ("released", "released")
+        with pytest.raises(BudgetExhausted):
+            led.reserve("over", [Scope("request", "r7"), THREAD], Usage(micro_usd=1))
+        led.commit("live", Usage(2, 20, 800))
+        assert stored_totals(db_rows, db_target) == fresh_totals(db_rows, db_target)
+        assert stored_totals(db_rows, db_target)[("thread", "t1")] == (15, 150, 4800, 0, 0, 5000, 1)

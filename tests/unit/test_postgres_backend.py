@@ -44,6 +44,7 @@ from effreason_agents.adapters.store import (
 )
 from effreason_agents.config import LimitConfig
 from effreason_agents.errors import StoreError
+from totals_helpers import fresh_totals, stored_totals
 
 REQ = Scope("request", "r1")
 THREAD = Scope("thread", "t1")
@@ -654,3 +655,167 @@ def test_import_refuses_unknown_tables_and_ragged_rows(pg_url: str) -> None:
                 {"run_id": "b"},
             ])
         assert store.import_rows("requests", []) == 0
+
+
+# -- running totals under concurrency ----------------------------------------------------
+
+
+def test_settlements_and_sweeps_racing_on_expired_holds_move_the_totals_once(pg_url: str, db_rows) -> None:
+    """120 holds on overlapping threads and users expire; then three replicas settle them
+    while three others sweep them (release_stale, and reserves of their own, which sweep
+    first), all at once. Each hold ends settled or released exactly once, nothing waits on
+    anything in a cycle (no deadlock error), and the running totals equal the sums over the
+    history: a hold is never taken out of "held" twice."""
+    threads = [Scope("thread", f"t{i}") for i in range(4)]
+    users = [Scope("user", f"u{i}") for i in range(3)]
+    rng = random.Random(7)
+    with BudgetLedger(pg_url) as led:
+        for i in range(120):
+            scopes = [Scope("request", f"r{i}"), *rng.sample(threads, 2), *rng.sample(users, rng.randint(1, 2))]
+            rng.shuffle(scopes)
+            led.reserve(f"h{i}", scopes, Usage(3, 30, 1000 + i), ttl_s=0.2)
+    time.sleep(0.3)  # every hold is past its expiry, none swept yet
+
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def settler(part: int) -> None:
+        with BudgetLedger(pg_url) as mine:
+            start.wait()
+            try:
+                for i in range(part, 120, 3):
+                    mine.commit(f"h{i}", Usage(2, 20, 900), result={"i": i})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    def sweeper(part: int) -> None:
+        with BudgetLedger(pg_url) as mine:
+            start.wait()
+            try:
+                for j in range(15):
+                    if j % 3 == 0:
+                        mine.release_stale()
+                    else:
+                        key = f"s{part}-{j}"
+                        mine.reserve(key, [Scope("request", key), threads[(part + j) % 4], users[j % 3]],
+                                     Usage(1, 10, 100))
+                        mine.commit(key, Usage(1, 10, 90))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    workers = [threading.Thread(target=settler, args=(p,)) for p in range(3)]
+    workers += [threading.Thread(target=sweeper, args=(p,)) for p in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert errors == []
+    statuses = dict(db_rows(
+        pg_url, "SELECT status, COUNT(*) FROM reservations WHERE substr(key, 1, 1) = 'h' GROUP BY status"))
+    assert statuses == {"committed": 120}  # a late settlement is still recorded
+    assert stored_totals(db_rows, pg_url) == fresh_totals(db_rows, pg_url)
+    with BudgetLedger(pg_url) as led:
+        for s in threads + users:
+            assert led.reserved(s) == Usage() and led.show(s)["holds"] == 0
+
+
+def test_copied_holds_count_in_the_targets_running_totals(tmp_path: Path, pg_url: str, db_rows) -> None:
+    """The running totals are not copied (they are derived): importing the holds computes
+    them in the target, equal to the source's, and importing again changes nothing."""
+    _fill(tmp_path / "ledger.sqlite", tmp_path / "outcomes.sqlite")
+    source = str(tmp_path / "ledger.sqlite")
+    with BudgetLedger(source) as src, BudgetLedger(pg_url) as dest:
+        assert "scope_totals" not in src.tables
+        for _ in range(2):
+            for table in src.tables:
+                dest.import_rows(table, src.export_rows(table, batch_size=2))
+            assert stored_totals(db_rows, pg_url) == stored_totals(db_rows, source) == fresh_totals(db_rows, pg_url)
+        assert stored_totals(db_rows, pg_url)[("thread", "t1")] == (9, 99, 3_999_999_999, 1, 2, 3, 1)
+        assert dest.spent(THREAD) == src.spent(THREAD)
+        dest.commit("open", Usage(1, 2, 3))  # the copied hold settles in the target like any other
+        assert dest.spent(THREAD) == Usage(10, 101, 4_000_000_002) and dest.reserved(THREAD) == Usage()
+        assert stored_totals(db_rows, pg_url) == fresh_totals(db_rows, pg_url)
+
+
+@pytest.mark.parametrize("action", ["commit", "release"])
+def test_a_settlement_waiting_on_a_sweep_of_its_hold_sees_the_sweep(
+    pg_url: str, db_rows, action: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica sweeps an expired hold and is about to write its totals; another settles
+    (or releases) the same hold at that moment. The settlement waits for the sweep and then
+    sees the hold released, so the hold leaves "held" once (by the sweep), never twice."""
+    with BudgetLedger(pg_url) as led, BudgetLedger(pg_url) as sweeper:
+        led.reserve("k", [REQ, THREAD], Usage(3, 30, 1000), ttl_s=0.1)
+        led.reserve("other", [Scope("request", "r2"), THREAD], Usage(1, 10, 100))
+        time.sleep(0.2)
+        entered, gate = threading.Event(), threading.Event()
+        apply_totals = BudgetLedger._apply_totals
+
+        def held_back(conn: Any, totals: Any) -> None:
+            entered.set()
+            assert gate.wait(30)
+            apply_totals(conn, totals)
+
+        monkeypatch.setattr(sweeper, "_apply_totals", held_back)
+        swept: list[int] = []
+        sweep = threading.Thread(target=lambda: swept.append(sweeper.release_stale()))
+        sweep.start()
+        assert entered.wait(30)  # the sweep has released "k" and holds its row, totals not yet written
+        settle = threading.Thread(
+            target=(lambda: led.commit("k", Usage(2, 20, 900))) if action == "commit" else (lambda: led.release("k"))
+        )
+        settle.start()
+        try:
+            wait_until(lambda: lock_waiters(pg_url), "the settlement waiting for the sweep")
+        finally:
+            gate.set()
+            sweep.join(timeout=30)
+            settle.join(timeout=30)
+        assert swept == [1]
+        assert led.status("k") == ("committed" if action == "commit" else "released")
+        assert stored_totals(db_rows, pg_url) == fresh_totals(db_rows, pg_url)
+        assert led.reserved(THREAD) == Usage(1, 10, 100) and led.show(THREAD)["holds"] == 1
+        assert led.spent(THREAD) == (Usage(2, 20, 900) if action == "commit" else Usage())
+
+
+def _rows_touched(plan: dict[str, Any]) -> int:
+    """Rows every node of an EXPLAIN (ANALYZE, FORMAT JSON) plan produced, loops included."""
+    own = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
+    return own + sum(_rows_touched(child) for child in plan.get("Plans", []))
+
+
+def test_a_check_and_a_read_touch_a_few_rows_whatever_the_history_even_without_statistics(pg_url: str) -> None:
+    """3,000 settled holds on one API key's user scope, in tables PostgreSQL has no statistics
+    on yet (as right after `effreason db copy`): the hold's check and the budget read are
+    planned from the running totals and the few outstanding holds, never from the scope's
+    history."""
+    from effreason_agents.adapters import ledger as ledger_module
+
+    user = Scope("user", "key:k1")
+    with BudgetLedger(pg_url) as led:
+        led.set_limits(user, LimitConfig(max_cost_usd=Decimal("1000")))
+        now = time.time()
+        with psycopg.connect(pg_url) as conn:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO reservations (key, status, reserved_output_tokens, reserved_total_tokens, "
+                    "reserved_micro_usd, actual_output_tokens, actual_total_tokens, actual_micro_usd, created_at, "
+                    "updated_at, expires_at) VALUES (%s, 'committed', 2, 20, 300, 1, 10, 200, %s, %s, %s)",
+                    [(f"h{i}", now, now, now + 900) for i in range(3000)],
+                )
+                cur.executemany(
+                    "INSERT INTO reservation_scopes VALUES (%s, %s, %s)",
+                    [(f"h{i}", kind, key) for i in range(3000) for kind, key in (("request", f"r{i}"), ("user", "key:k1"))],
+                )
+        led.rebuild_totals()
+        led.reserve("open", [Scope("request", "r-open"), user], Usage(1, 10, 100), ttl_s=60)
+        assert led.spent(user) == Usage(3000, 30_000, 600_000) and led.reserved(user) == Usage(1, 10, 100)
+
+        def explain(sql: str, params: Any) -> int:
+            plan = led._read("explain", lambda conn: conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0])
+            return _rows_touched(plan[0]["Plan"])
+
+        read = explain(ledger_module._SCOPE_READ_SQL, led._read_params(user, time.time()))
+        check = explain(ledger_module._check_sql(2), (0, "request", "r-new", 1, user.kind, user.key))
+        assert read <= 20 and check <= 20, (read, check)
