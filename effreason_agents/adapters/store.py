@@ -429,10 +429,18 @@ class OutcomeStore(Database):
         rows = self._query("SELECT * FROM bench_runs WHERE run_id = ?", (run_id,))
         return BenchRun.model_validate(_decode(rows[0])) if rows else None
 
-    def bench_results(self, run_id: str) -> list[BenchResult]:
-        """Every graded result of a run, in the order recorded."""
-        rows = self._query("SELECT * FROM bench_results WHERE run_id = ? ORDER BY rowid", (run_id,))
+    def bench_results(self, run_id: str | None = None, *, arm: str | None = None) -> list[BenchResult]:
+        """Every graded result of a run (``None``: of every run), optionally of one arm, in
+        the order recorded."""
+        where = [(c, v) for c, v in (("run_id", run_id), ("arm", arm)) if v is not None]
+        sql = "SELECT * FROM bench_results" + (" WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else "")
+        rows = self._query(sql + " ORDER BY rowid", tuple(v for _, v in where))
         return [BenchResult.model_validate(_decode(row)) for row in rows]
+
+    def bench_runs(self) -> list[BenchRun]:
+        """Every registered benchmark run, oldest first."""
+        rows = self._query("SELECT * FROM bench_runs ORDER BY created_at, rowid")
+        return [BenchRun.model_validate(_decode(row)) for row in rows]
 
     def count_requests(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM requests")[0]["n"])

@@ -97,7 +97,7 @@ def _replay(cfg: Config, source: str, weak: Optional[str], strong: Optional[str]
     from effreason_agents.evaluation.replay import load_store_table, load_wide_csv, replay
     from effreason_agents.evaluation.report import write_report
 
-    table = load_store_table(cfg.store.resolved_path()) if source == "store" else load_wide_csv(Path(source))
+    table = load_store_table(cfg.store.target()) if source == "store" else load_wide_csv(Path(source))
     if not weak or not strong:
         raise EffReasonError(f"--replay needs --weak and --strong; models in {table.source}: {', '.join(table.arms)}")
     results = replay(table, weak, strong, config=cfg)

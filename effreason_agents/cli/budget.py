@@ -171,7 +171,7 @@ def budget_fit(
 
     try:
         cfg = load(config)
-        rows = rows_from_store(cfg.store.resolved_path(), run_id=run, arm=arm)
+        rows = rows_from_store(cfg.store.target(), run_id=run, arm=arm)
         model = BudgetRegressor().fit(rows)
         path = model.save(out_file)
     except EffReasonError as exc:

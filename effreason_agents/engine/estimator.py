@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import re
-import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -331,32 +330,25 @@ class BudgetRegressor:
 
 def rows_from_store(store_path: str | Path, *, run_id: str | None = None, arm: str | None = None) -> list[dict[str, Any]]:
     """Training rows (``question``, ``correct``, ``output_tokens``) from the outcome store's
-    ``bench_results``, optionally for one run and/or one arm. Opens the file read-only."""
-    p = Path(store_path)
-    if not p.is_file():
-        raise EstimatorError(f"outcome store {str(p)!r} does not exist; run a benchmark to create graded outcomes")
-    sql = "SELECT question, correct, output_tokens FROM bench_results"
-    where, params = [], []
-    if run_id is not None:
-        where.append("run_id = ?")
-        params.append(run_id)
-    if arm is not None:
-        where.append("arm = ?")
-        params.append(arm)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    graded benchmark results, optionally for one run and/or one arm. ``store_path``: the
+    SQLite file or the PostgreSQL URL; opened read-only."""
+    from effreason_agents.adapters.store import OutcomeStore
+    from effreason_agents.core.text import is_postgres_url, redact_url
+
+    where = redact_url(str(store_path)) if is_postgres_url(store_path) else str(store_path)
+    if not is_postgres_url(store_path) and not Path(store_path).is_file():
+        raise EstimatorError(f"outcome store {where!r} does not exist; run a benchmark to create graded outcomes")
     try:
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            rows = conn.execute(sql + " ORDER BY rowid", params).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise EstimatorError(f"cannot read bench_results from {str(p)!r} ({exc}); is it an outcome store?") from exc
-    out = [{"question": q, "correct": bool(c), "output_tokens": int(t or 0)} for q, c, t in rows]
+        with OutcomeStore(store_path, read_only=True) as store:
+            results = store.bench_results(run_id, arm=arm)
+    except EffReasonError as exc:
+        raise EstimatorError(f"cannot read graded results from {where!r} ({exc}); is it an outcome store?") from exc
+    out = [{"question": r.question, "correct": bool(r.correct), "output_tokens": int(r.output_tokens or 0)}
+           for r in results]
     if not out:
-        what = " matching" + (f" run_id={run_id!r}" if run_id else "") + (f" arm={arm!r}" if arm else "") if where else ""
-        raise EstimatorError(f"outcome store {str(p)!r} has no{what} bench_results; run a benchmark first")
+        what = (" matching" + (f" run_id={run_id!r}" if run_id else "") + (f" arm={arm!r}" if arm else "")
+                if run_id or arm else "")
+        raise EstimatorError(f"outcome store {where!r} has no{what} bench_results; run a benchmark first")
     return out
 
 

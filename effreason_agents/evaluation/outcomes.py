@@ -71,6 +71,7 @@ from pydantic import ValidationError
 
 from effreason_agents.adapters.store import OutcomeStore
 from effreason_agents.adapters.tiers import estimate_tokens, token_count_method
+from effreason_agents.core.text import is_postgres_url, redact_url
 from effreason_agents.errors import EffReasonError, StoreError
 
 __all__ = [
@@ -790,8 +791,8 @@ def load_store(
 ) -> OutcomeTable:
     """Load graded benchmark results from the outcome store (opened read-only).
 
-    ``path`` is the SQLite file, or ``"store"`` for the configured store
-    (``load_config().store.resolved_path()``). Every run's results by default, one
+    ``path`` is the SQLite file or PostgreSQL URL, or ``"store"`` for the configured store
+    (``load_config().store.target()``). Every run's results by default, one
     ``run_id``'s, or (``latest=True``, no ``run_id``) the newest run's. Arms are the
     benchmarked arms, without the full graph (``graph``), in the order the runs list
     them; arms without any result are left out with a note. ``cost`` is ``cost_usd``,
@@ -804,20 +805,20 @@ def load_store(
         from effreason_agents.config import load_config
 
         try:
-            p = load_config().store.resolved_path()
+            target: Path | str = load_config().store.target()
         except EffReasonError as exc:
             raise OutcomeDataError(f"cannot find the configured outcome store: {exc}") from None
     else:
-        p = Path(path).expanduser()
-    if not p.is_file():
+        target = str(path) if is_postgres_url(str(path)) else Path(path).expanduser()
+    p = redact_url(target) if isinstance(target, str) else target  # how it is named in messages
+    if isinstance(target, Path) and not target.is_file():
         raise OutcomeDataError(f"{p}: no outcome store here; run `effreason bench` first, or pass a data file")
     notes: list[str] = []
     cells = _Cells(first=complete)
     try:
-        with OutcomeStore(p, read_only=True) as store:
-            # OutcomeStore has no public listing of runs; its read-only query helper is used for that.
-            runs = [dict(r) for r in store._query(
-                "SELECT run_id, arms, suite, config_version FROM bench_runs ORDER BY created_at, rowid")]
+        with OutcomeStore(target, read_only=True) as store:
+            runs = [{"run_id": r.run_id, "arms": r.arms, "suite": r.suite, "config_version": r.config_version}
+                    for r in store.bench_runs()]
             if run_id is not None:
                 picked = [r for r in runs if r["run_id"] == run_id]
                 if not picked:
@@ -830,12 +831,9 @@ def load_store(
                 runs = runs[-1:]
             for run in runs:
                 rid = str(run["run_id"])
-                try:
-                    for a in json.loads(run["arms"] or "[]"):
-                        if str(a) != GRAPH_ARM:
-                            cells.arm(str(a))
-                except (json.JSONDecodeError, TypeError):
-                    pass
+                for a in run["arms"] or []:
+                    if str(a) != GRAPH_ARM:
+                        cells.arm(str(a))
                 for res in store.bench_results(rid):
                     if res.arm == GRAPH_ARM:
                         continue

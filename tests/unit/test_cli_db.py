@@ -166,3 +166,26 @@ def test_chat_conversations_are_checkpointed_in_postgresql(make_graph: Any, pg_u
     out = second.invoke({"messages": [HumanMessage("And 3 + 3?")]}, thread)
     assert [m.content for m in out["messages"] if isinstance(m, HumanMessage)] == ["What is 2 + 3?", "And 3 + 3?"]
     second.checkpointer.conn.close()
+
+
+def test_graded_outcomes_are_read_back_from_postgresql(pg_url: str) -> None:
+    """Training and replay read a shared PostgreSQL store like a SQLite file."""
+    from effreason_agents.adapters.store import BenchResult, BenchRun
+    from effreason_agents.engine.estimator import rows_from_store
+    from effreason_agents.evaluation.outcomes import load_store
+
+    with OutcomeStore(pg_url) as store:
+        store.open_bench_run(BenchRun(run_id="r1", out_dir="out", suite="builtin", arms=["a:direct", "b:cot"],
+                                      config_version="c"))
+        for i in range(4):
+            for arm, correct in (("a:direct", i % 2 == 0), ("b:cot", True)):
+                rid = f"{arm}-{i}"
+                store.record(
+                    RequestRecord(request_id=rid, question=f"q{i}", status="answered", graph_version="t",
+                                  config_version="c", started_at="2026-11-29T00:00:00Z"), [],
+                    BenchResult(run_id="r1", item_id=f"i{i}", arm=arm, request_id=rid, question=f"q{i}", gold="1",
+                                answer_type="number", correct=correct, output_tokens=5 + i, cost_usd="0.001"))
+    table = load_store(pg_url)
+    assert table.arms == ["a:direct", "b:cot"] and len(table.prompts) == 4
+    rows = rows_from_store(pg_url, arm="a:direct")
+    assert [r["correct"] for r in rows] == [True, False, True, False] and rows[3]["output_tokens"] == 8

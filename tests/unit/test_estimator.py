@@ -211,12 +211,15 @@ def test_regressor_load_rejects_other_version_or_features(tmp_path: Path) -> Non
 
 
 def _bench_db(path: Path, rows: list[tuple[str, int, int]]) -> Path:
+    """A real outcome store holding graded results of run r1 (question, correct, output tokens)."""
+    from effreason_agents.adapters.store import OutcomeStore
+
+    OutcomeStore(path).close()
     conn = sqlite3.connect(path)
-    conn.execute(
-        "CREATE TABLE bench_results (run_id TEXT, arm TEXT, question TEXT, correct INTEGER, output_tokens INTEGER, gold TEXT)"
-    )
     conn.executemany(
-        "INSERT INTO bench_results VALUES ('r1', 'small:budget-cot', ?, ?, ?, 'x')", rows
+        "INSERT INTO bench_results (run_id, item_id, arm, question, gold, answer_type, correct, output_tokens, "
+        "created_at) VALUES ('r1', ?, 'small:budget-cot', ?, 'x', 'number', ?, ?, '2026-11-29T00:00:00Z')",
+        [(f"i{i}", q, c, t) for i, (q, c, t) in enumerate(rows)],
     )
     conn.commit()
     conn.close()
@@ -243,7 +246,7 @@ def test_rows_from_store_errors(tmp_path: Path) -> None:
         rows_from_store(empty)
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(EstimatorError, match="cannot read bench_results"):
+    with pytest.raises(EstimatorError, match="cannot read graded results"):
         rows_from_store(other)
 
 
