@@ -35,7 +35,7 @@ def log_tail(
             fail(EffReasonError(f"no outcome store at {path} yet: run `effreason ask` first"), 1)
         with OutcomeStore(path, read_only=True) as store:
             rows = store.recent_requests(n)
-            where = store.location if hasattr(store, "location") else str(path)
+            where = store.location
     except EffReasonError as exc:
         fail(exc)
     if json_out:
