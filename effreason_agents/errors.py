@@ -14,14 +14,26 @@ if TYPE_CHECKING:
     from effreason_agents.core.records import Scope
 
 __all__ = [
+    "BenchError",
     "BudgetExhausted",
+    "CalibratorError",
     "ConfigError",
+    "DatasetError",
     "EffReasonError",
     "EmbeddedServerError",
+    "EmbeddingError",
     "EngineUnavailableError",
+    "EstimatorError",
+    "EvaluationError",
     "InvalidQuestionError",
-    "RequestError",
     "LedgerError",
+    "MetricsError",
+    "OutcomeDataError",
+    "PGRUndefinedError",
+    "ReportError",
+    "RequestError",
+    "RouterError",
+    "RouterTrainError",
     "StoreError",
     "TierError",
     "VirtualKeyError",
@@ -143,3 +155,53 @@ class RequestError(EffReasonError, ValueError):
         self.code = code
         self.type = type
         self.headers = dict(headers or {})
+
+
+class ReportError(EffReasonError, ValueError):
+    """A results dict or a ``results.json`` cannot be turned into a report (the message says why)."""
+
+
+class MetricsError(EffReasonError, ValueError):
+    """The inputs of a metric are invalid (empty, mismatched lengths, non-numeric values)."""
+
+
+class PGRUndefinedError(MetricsError):
+    """PGR divides by ``acc_strong − acc_weak``, which is zero for these two models."""
+
+
+class BenchError(EffReasonError, ValueError):
+    """A benchmark cannot run as asked (unknown arm, changed config on resume, ...)."""
+
+
+class OutcomeDataError(EffReasonError, ValueError):
+    """Logged outcomes cannot be loaded, or do not fit what was asked of them (an unknown
+    arm, fewer than two arms); the message names the file, the column and the row."""
+
+
+class DatasetError(EffReasonError, ValueError):
+    """A task suite or dataset file cannot be used (unknown suite, missing file, malformed
+    line under ``on_error="refuse"``, no valid items). The message names the file and line."""
+
+
+class EstimatorError(EffReasonError, ValueError):
+    """A budget regressor could not be fitted, saved or loaded (the message says what to do)."""
+
+
+class EmbeddingError(EffReasonError, RuntimeError):
+    """Sentence embeddings cannot be computed (missing packages or model files)."""
+
+
+class RouterError(EffReasonError, ValueError):
+    """A router artifact cannot be saved, loaded or used (the message says why and what to do)."""
+
+
+class CalibratorError(EffReasonError, ValueError):
+    """A calibrator artifact is unreadable, foreign, of another version, or does not fit the tier."""
+
+
+class EvaluationError(MetricsError):
+    """A router cannot be evaluated on these outcomes, or no policy meets a target (the message says why)."""
+
+
+class RouterTrainError(EffReasonError, ValueError):
+    """Training, evaluation or policy calibration cannot proceed (a clear reason is given)."""

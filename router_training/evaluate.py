@@ -38,6 +38,7 @@ from effreason_agents.evaluation.metrics import (
 )
 
 from effreason_agents.evaluation.outcomes import OutcomeTable
+from effreason_agents.errors import EvaluationError
 
 __all__ = [
     "EvaluationError",
@@ -66,10 +67,6 @@ Fit = Callable[[OutcomeTable], Predictor]
 TAU_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 _LAMBDA_POINTS = 40
 _EPS = 1e-9
-
-
-class EvaluationError(MetricsError):
-    """A router cannot be evaluated on these outcomes, or no policy meets a target (the message says why)."""
 
 
 # -- folds and out-of-fold predictions ---------------------------------------------------

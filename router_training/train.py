@@ -19,17 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from effreason_agents.adapters.atomic import write_json
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import RouterTrainError
 
 from effreason_agents.evaluation.outcomes import OutcomeTable
 
 __all__ = ["RouterTrainError", "calibrate_policy", "evaluate", "train"]
 
 AUTO_KINDS = ("logistic", "mf", "gbm", "mlp")
-
-
-class RouterTrainError(EffReasonError, ValueError):
-    """Training, evaluation or policy calibration cannot proceed (a clear reason is given)."""
 
 
 def evaluate(table: OutcomeTable, kind: str = "logistic", *, k: int = 5, seed: int = 0, weak: str | None = None,

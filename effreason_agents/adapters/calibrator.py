@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from effreason_agents.core.numeric import sigmoid
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import CalibratorError
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -60,10 +60,6 @@ ARTIFACT_FORMAT = "effreason-calibrator"
 ARTIFACT_VERSION = 1
 KINDS = ("logistic", "isotonic")
 ANY_STRATEGY = "*"
-
-
-class CalibratorError(EffReasonError, ValueError):
-    """A calibrator artifact is unreadable, foreign, of another version, or does not fit the tier."""
 
 
 class CalibratorWarning(UserWarning):

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from effreason_agents.adapters.atomic import write_with
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import EmbeddingError
 
 __all__ = ["DIM", "MODEL_NAME", "EmbeddingError", "Embedder", "default_cache_dir", "embed", "text_key"]
 
@@ -40,10 +40,6 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
 MAX_TOKENS = 256
 _INSTALL = "pip install 'effreason-agents[train]'"
-
-
-class EmbeddingError(EffReasonError, RuntimeError):
-    """Sentence embeddings cannot be computed (missing packages or model files)."""
 
 
 def default_cache_dir() -> Path:

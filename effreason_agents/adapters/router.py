@@ -83,7 +83,7 @@ import numpy as np
 from effreason_agents.adapters.atomic import write_json, write_with
 from effreason_agents.core.features import QUESTION_FEATURES, question_vector
 from effreason_agents.core.numeric import sigmoid
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import RouterError
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -143,10 +143,6 @@ SKOPS_TRUSTED = (
 )
 
 _TRAIN_EXTRA = "pip install 'effreason-agents[train]'"
-
-
-class RouterError(EffReasonError, ValueError):
-    """A router artifact cannot be saved, loaded or used (the message says why and what to do)."""
 
 
 # -- featurizer ------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import numpy as np
 
 from effreason_agents.adapters.atomic import write_json
 from effreason_agents.core.features import classify_difficulty, difficulty_features
-from effreason_agents.errors import EffReasonError, TierError
+from effreason_agents.errors import EffReasonError, EstimatorError, TierError
 
 if TYPE_CHECKING:
     from effreason_agents.config import BudgetConfig
@@ -74,10 +74,6 @@ MIN_BUDGET = 16
 """Smallest budget ever returned. Below this, token elasticity makes budgets backfire."""
 MAX_BUDGET = 1024
 """Largest budget ever returned; larger problems should escalate, not think longer on a small tier."""
-
-
-class EstimatorError(EffReasonError, ValueError):
-    """A budget regressor could not be fitted, saved or loaded (the message says what to do)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from effreason_agents.adapters.atomic import atomic_open, write_json
 from effreason_agents.core.features import classify_difficulty
 from effreason_agents.config import ArmConfig, Config, RouterConfig
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import BenchError, EffReasonError
 from effreason_agents.graph.builder import build_reasoning_graph
 from effreason_agents.graph.nodes import Services, outcome_records
 from effreason_agents.adapters.store import BenchResult, BenchRun, OutcomeStore, utc_now
@@ -43,10 +43,6 @@ __all__ = [
     "valid_arm_names",
     "write_run_file",
 ]
-
-
-class BenchError(EffReasonError, ValueError):
-    """A benchmark cannot run as asked (unknown arm, changed config on resume, ...)."""
 
 
 WIDE_CSV = "outcomes_wide.csv"

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import MetricsError, PGRUndefinedError
 
 __all__ = [
     "MetricsError",
@@ -58,14 +58,6 @@ Curve = list[list[float]]
 
 # Tolerance for comparing PGR values computed in floating point (e.g. 0.8 vs 0.7999999999).
 _EPS = 1e-9
-
-
-class MetricsError(EffReasonError, ValueError):
-    """The inputs of a metric are invalid (empty, mismatched lengths, non-numeric values)."""
-
-
-class PGRUndefinedError(MetricsError):
-    """PGR divides by ``acc_strong − acc_weak``, which is zero for these two models."""
 
 
 # -- one arm ------------------------------------------------------------------------------

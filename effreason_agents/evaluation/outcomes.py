@@ -72,7 +72,7 @@ from pydantic import ValidationError
 from effreason_agents.adapters.store import OutcomeStore
 from effreason_agents.adapters.tiers import estimate_tokens, token_count_method
 from effreason_agents.core.text import is_postgres_url, redact_url
-from effreason_agents.errors import EffReasonError, StoreError
+from effreason_agents.errors import EffReasonError, OutcomeDataError, StoreError
 
 __all__ = [
     "FORMATS",
@@ -108,11 +108,6 @@ _WIDE_METADATA = re.compile(
 _STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _MATRICES = ("cost", "tokens", "input_tokens", "latency_s")
-
-
-class OutcomeDataError(EffReasonError, ValueError):
-    """Logged outcomes cannot be loaded, or do not fit what was asked of them (an unknown
-    arm, fewer than two arms); the message names the file, the column and the row."""
 
 
 # -- the table --------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from typing import Any
 
 from effreason_agents.adapters.atomic import write_bytes
 from effreason_agents.core.money import format_usd
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import ReportError
 
 __all__ = [
     "ReportError",
@@ -62,10 +62,6 @@ PGR_FILE = "pgr.png"
 GRAPH_NAME = "graph"
 _KINDS = ("live", "replay")
 _POLICY_COLORS = {"random": "#888888", "oracle": "#2ca02c", "router": "#1f77b4"}
-
-
-class ReportError(EffReasonError, ValueError):
-    """A results dict or a ``results.json`` cannot be turned into a report (the message says why)."""
 
 
 # -- public helpers ---------------------------------------------------------------------

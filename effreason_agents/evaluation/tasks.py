@@ -53,7 +53,7 @@ from effreason_agents.core.answers import (
     strip_edges,
 )
 from effreason_agents.core.prompts import ANSWER_TYPES
-from effreason_agents.errors import EffReasonError
+from effreason_agents.errors import DatasetError
 
 __all__ = [
     "ANSWER_TYPES",
@@ -81,11 +81,6 @@ Difficulty = Literal["easy", "medium", "hard"]
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 #: Option letters; a multiple-choice item has 2 to 10 options.
 LETTERS = "ABCDEFGHIJ"
-
-
-class DatasetError(EffReasonError, ValueError):
-    """A task suite or dataset file cannot be used (unknown suite, missing file, malformed
-    line under ``on_error="refuse"``, no valid items). The message names the file and line."""
 
 
 class DatasetWarning(UserWarning):
