@@ -1,25 +1,29 @@
-"""Throughput and per-request overhead of ``effreason serve``, the OpenAI-compatible server.
+"""Throughput and per-request overhead of ``effreason serve``, the OpenAI-compatible server,
+on each database backend (SQLite, PostgreSQL) with 1, 2 and 4 worker processes.
 
 The model is taken out of the picture: a fake OpenAI-compatible upstream on loopback
 (``tests/fake_openai.py``, in a process of its own) answers every chat completion at once,
 with usage and logprobs. The same async HTTP client (httpx) then sends a fixed number of
 requests at a fixed concurrency to
 
-  direct           the fake upstream itself (the floor: client + upstream)
-  serve, 1 worker  ``effreason serve --workers 1`` in front of it
-  serve, 2 workers ``effreason serve --workers 2`` in front of it
+  direct                   the fake upstream itself (the floor: client + upstream)
+  BACKEND Nw MODEL         ``effreason serve --workers N`` in front of it, its budget
+                           ledger, virtual keys and outcome store on BACKEND
 
-and, for the server, two models: ``effreason/fast`` (one held call on a pinned tier) and
-``effreason`` (the cost-aware graph: classify, hold, call, score confidence, decide, log).
-Every server request is authenticated with a virtual key that has a dollar budget, so each
-one reads the key, holds its worst case in the budget ledger (request and key scopes),
-settles it from the reported usage and writes an outcome row: the production path.
+for each backend of ``--backend`` (``sqlite``: files in a temporary directory, shared by
+the workers; ``postgresql``: one database on a PostgreSQL 16 server started from the
+``pgserver`` wheel in a temporary directory, over its Unix socket, durable settings
+(fsync on), a fresh database per worker count), each worker count of ``--workers``, and
+two models: ``effreason/fast`` (one held call on a pinned tier) and ``effreason`` (the
+cost-aware graph: classify, hold, call, score confidence, decide, log). Every server
+request is authenticated with a virtual key that has a dollar budget, so each one reads the
+key, holds its worst case in the budget ledger (request and key scopes), settles it from
+the reported usage and writes an outcome row: the production path.
 
 Each row warms up, then makes two passes: ``--serial`` requests one at a time (p50
 latency), then ``--requests`` at ``--concurrency`` (requests/s, p50 and p99 latency). The
 overhead per request is the serial p50 minus the direct serial p50, in ms and as a ratio.
-Each pass uses a fresh key: the ledger sums a scope's whole history on every hold, so what a
-request costs grows with what its key has done before.
+Each pass uses a fresh key, so every row starts from the same state of its key.
 
 Last, time to first token on the embedded model: ``effreason serve`` with the built-in
 configuration (ledger and outcome store in a temporary directory), ``effreason/small``
@@ -27,10 +31,11 @@ configuration (ledger and outcome store in a temporary directory), ``effreason/s
 content chunk, and to ``[DONE]``) against as many non-streamed ones. ``--skip-embedded``
 leaves it out.
 
-    python benchmarks/server.py                         # 2,000 requests at concurrency 32
-    python benchmarks/server.py --requests 500 --skip-embedded
+    python benchmarks/server.py                         # both backends, 1/2/4 workers, 2,000 requests at 32
+    python benchmarks/server.py --backend postgresql --workers 1,4 --requests 500 --skip-embedded
 
-Run it on an idle machine: the client, the upstream and the server share its cores.
+Run it on an idle machine: the client, the upstream, the servers and PostgreSQL share its
+cores.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +73,10 @@ EMBEDDED_MAX_TOKENS = 64
 EMBEDDED_QUESTION = "Explain in a few sentences why the sky is blue."
 """A question the small model answers at length, so the first token and the last differ."""
 FAKE_PRICES = {"price_input_per_1m": "1.0", "price_output_per_1m": "4.0"}
+BACKENDS = ("sqlite", "postgresql")
+MODELS = ("effreason/fast", "effreason")
+PG_MAX_CONNECTIONS = 300
+"""Room for every worker's pools (ledger, keys, store: up to 8 connections each)."""
 
 _FAKE_UPSTREAM = """
 import sys
@@ -84,6 +94,7 @@ class Row:
     """One measured path: throughput at the concurrency, latency percentiles, serial p50."""
 
     path: str
+    backend: str | None
     workers: int | None
     model: str | None
     requests: int
@@ -125,6 +136,41 @@ class FakeUpstream:
             self.process.wait(10)
 
 
+class BenchPostgres:
+    """A PostgreSQL server from the ``pgserver`` wheel in a temporary directory, with
+    ``max_connections`` raised to :data:`PG_MAX_CONNECTIONS` and durability left on (as the
+    SQLite ledger commits every settlement to disk); :meth:`database` makes a fresh one."""
+
+    def __init__(self) -> None:
+        try:
+            import pgserver
+            import psycopg
+        except ImportError as exc:
+            raise SystemExit(f"the PostgreSQL rows need the pgserver wheel ({exc}): pip install -e '.[test]', "
+                             "or run with --backend sqlite") from None
+        self._pgserver, self._psycopg = pgserver, psycopg
+        self.dir = Path(tempfile.mkdtemp(prefix="effreason-bench-pg-"))
+        data = self.dir / "data"
+        handle = pgserver.get_server(data, cleanup_mode="stop")
+        with psycopg.connect(handle.get_uri(), autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET max_connections = '{PG_MAX_CONNECTIONS}'")
+        handle.cleanup()  # max_connections applies at the next start
+        self.handle = pgserver.get_server(data, cleanup_mode="stop")
+        self._made = 0
+
+    def database(self) -> str:
+        """The URL of a new, empty database."""
+        self._made += 1
+        name = f"bench_{self._made}"
+        with self._psycopg.connect(self.handle.get_uri(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return str(self.handle.get_uri(database=name))
+
+    def close(self) -> None:
+        self.handle.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 async def _load(url: str, body: Mapping[str, Any], headers: Mapping[str, str], n: int, concurrency: int,
                 check: Callable[[httpx.Response], bool]) -> tuple[float, list[float], int]:
     """``n`` POSTs from ``concurrency`` clients at once: (seconds, latencies in s, failures)."""
@@ -155,62 +201,91 @@ def _ok(r: httpx.Response) -> bool:
 
 
 def measure(path: str, url: str, body: Mapping[str, Any], args: argparse.Namespace, *,
-            key: Callable[[str], Mapping[str, str]] = lambda _: {}, workers: int | None = None) -> Row:
+            key: Callable[[str], Mapping[str, str]] = lambda _: {}, workers: int | None = None,
+            backend: str | None = None) -> Row:
     """Warm up, then the serial pass, then the concurrent one; ``key(name)`` gives the
     headers of a fresh virtual key for each pass."""
     warm = max(args.concurrency, min(200, args.requests // 10))
     asyncio.run(_load(url, body, key("warm"), warm, args.concurrency, _ok))
     _, serial, serial_errors = asyncio.run(_load(url, body, key("serial"), args.serial, 1, _ok))
     seconds, latencies, errors = asyncio.run(_load(url, body, key("load"), args.requests, args.concurrency, _ok))
-    row = Row(path=path, workers=workers, model=body["model"] if workers else None, requests=args.requests,
+    row = Row(path=path, backend=backend, workers=workers, model=body["model"] if workers else None,
+              requests=args.requests,
               concurrency=args.concurrency, seconds=seconds, rps=args.requests / seconds,
               p50_ms=1000 * statistics.median(latencies), p99_ms=1000 * percentile(latencies, 0.99),
               serial_p50_ms=1000 * statistics.median(serial), errors=errors + serial_errors)
-    print(f"  {path:<28} {row.rps:7.1f} req/s  p50 {row.p50_ms:6.1f} ms  p99 {row.p99_ms:6.1f} ms  "
+    print(f"  {path:<32} {row.rps:7.1f} req/s  p50 {row.p50_ms:6.1f} ms  p99 {row.p99_ms:6.1f} ms  "
           f"serial p50 {row.serial_p50_ms:5.1f} ms", file=sys.stderr, flush=True)
     return row
 
 
-def server_config(tmp: Path, upstream: str) -> Path:
+def server_config(tmp: Path, upstream: str, database_url: str | None = None) -> Path:
     """One ``fast`` tier on the fake upstream, the ``direct`` strategy, calibrators off; the
-    built-in tiers disabled; ledger and outcome store in ``tmp``."""
+    built-in tiers disabled; ledger, keys and outcome store in ``tmp`` (SQLite files), or in
+    the PostgreSQL database ``database_url``."""
     tier = {"engine": "openai-compatible", "model": "fake", "base_url": upstream, "context_window": 8192,
             "timeout_s": 30.0, "max_retries": 0, "capabilities": {"logprobs": True, "top_logprobs": 2},
             **FAKE_PRICES}
+    if database_url is None:
+        budget, store = {"ledger_path": str(tmp / "ledger.sqlite")}, {"path": str(tmp / "outcomes.sqlite")}
+    else:
+        budget, store = {"ledger_url": database_url}, {"url": database_url}
     return write_toml(tmp / "effreason.toml", {
         "tiers": {"fast": tier, "small": {"enabled": False}, "large": {"enabled": False}},
         "strategies": {"direct": {"kind": "direct", "max_tokens": 24}},
         "ladder": ["fast:direct"],
         "escalation": {"start_arm": {"easy": "fast:direct", "medium": "fast:direct", "hard": "fast:direct"},
                        "calibrators": "off"},
-        "budget": {"ledger_path": str(tmp / "ledger.sqlite")},
-        "store": {"path": str(tmp / "outcomes.sqlite")},
+        "budget": budget,
+        "store": store,
     })
+
+
+def bench_server(upstream: FakeUpstream, backend: str, workers: int, body: Mapping[str, Any],
+                 args: argparse.Namespace, postgres: BenchPostgres | None) -> list[Row]:
+    """Both models through ``effreason serve --workers N`` on ``backend`` (fresh files, or a
+    fresh database)."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="effreason-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        database_url = None
+        if backend == "postgresql":
+            if postgres is None:
+                raise ValueError("the postgresql rows need the PostgreSQL server (BenchPostgres)")
+            database_url = postgres.database()
+        target: Path | str = database_url or tmp / "ledger.sqlite"
+        config = server_config(tmp, upstream.base_url, database_url)
+        env = {"EFFREASON_DATABASE_URL": None, "EFFREASON_STORE": None}  # the config file decides
+        with ServeProcess(config, workers=workers, env=env) as server:
+            url = server.api_base + "/chat/completions"
+            for model in MODELS:
+                def key(name: str, model: str = model) -> dict[str, str]:
+                    # a fresh key per pass: every row starts from the same state of its key
+                    with KeyStore(target) as keys:
+                        secret, _ = keys.create(f"bench-{model}-{name}", budget_usd=KEY_BUDGET_USD)
+                    return {"authorization": f"Bearer {secret}"}
+
+                rows.append(measure(f"{backend} {workers}w {model}", url, {**body, "model": model}, args, key=key,
+                                    workers=workers, backend=backend))
+    return rows
 
 
 def bench_fake(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     upstream = FakeUpstream()
+    postgres: BenchPostgres | None = None
     try:
         body = {"model": "fake", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": PINNED_MAX_TOKENS}
         rows.append(measure("direct (fake upstream)", upstream.base_url + "/chat/completions", body, args))
-        for workers in (1, 2):
-            with tempfile.TemporaryDirectory(prefix="effreason-bench-") as tmp_dir:
-                tmp = Path(tmp_dir)
-                config = server_config(tmp, upstream.base_url)
-                with ServeProcess(config, workers=workers) as server:
-                    url = server.api_base + "/chat/completions"
-                    for model in ("effreason/fast", "effreason"):
-                        def key(name: str, model: str = model, tmp: Path = tmp) -> dict[str, str]:
-                            # a fresh key per pass: what a key pays per request grows with its history
-                            with KeyStore(tmp / "ledger.sqlite") as keys:
-                                secret, _ = keys.create(f"bench-{model}-{name}", budget_usd=KEY_BUDGET_USD)
-                            return {"authorization": f"Bearer {secret}"}
-
-                        rows.append(measure(f"serve {workers}w {model}", url, {**body, "model": model}, args, key=key,
-                                            workers=workers))
+        for backend in args.backends:
+            if backend == "postgresql":
+                postgres = BenchPostgres()
+            for workers in args.workers:
+                rows += bench_server(upstream, backend, workers, body, args, postgres)
     finally:
         upstream.close()
+        if postgres is not None:
+            postgres.close()
     return rows
 
 
@@ -282,6 +357,19 @@ def render(rows: list[Row], embedded: dict[str, Any] | None, args: argparse.Name
                      f"{r.serial_p50_ms:.2f} | {'' if r is direct else f'{overhead:+.2f}'} | "
                      f"{'' if r is direct else f'{r.serial_p50_ms / direct.serial_p50_ms:.1f}×'} |"
                      + ("" if not r.errors else f" ({r.errors} failed)"))
+    backends = [b for b in BACKENDS if any(r.backend == b for r in rows)]
+    if backends:  # the same figures side by side: one line per model and worker count
+        names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+        lines += ["", "| model | workers | " + " | ".join(f"{names[b]} req/s | p50 ms | p99 ms" for b in backends)
+                  + " |", "| --- | --: | " + " | ".join("--: | --: | --:" for _ in backends) + " |"]
+        by = {(r.backend, r.workers, r.model): r for r in rows if r.backend}
+        for model in MODELS:
+            for workers in args.workers:
+                cells = []
+                for b in backends:
+                    r = by.get((b, workers, model))
+                    cells.append("| | " if r is None else f"{r.rps:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f}")
+                lines.append(f"| {model} | {workers} | " + " | ".join(cells) + " |")
     if embedded is not None:
         e = embedded
         ttft = "n/a" if e["stream_ttft_p50_ms"] is None else f"{e['stream_ttft_p50_ms']:.0f} ms"
@@ -295,10 +383,24 @@ def render(rows: list[Row], embedded: dict[str, Any] | None, args: argparse.Name
     return "\n".join(lines)
 
 
+def _workers(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes counts separated by commas, like 1,2,4; got {text!r}") from None
+    if not counts or any(n < 1 or n > 64 for n in counts):
+        raise argparse.ArgumentTypeError(f"each count must be from 1 to 64; got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=2000, help="timed requests per row (default: 2000)")
     p.add_argument("--concurrency", type=int, default=32, help="clients in flight at once (default: 32)")
+    p.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both",
+                   help="where the ledger, keys and outcome store live (default: both, SQLite first)")
+    p.add_argument("--workers", type=_workers, default=[1, 2, 4],
+                   help="server worker counts, separated by commas (default: 1,2,4)")
     p.add_argument("--serial", type=int, default=200,
                    help="requests one at a time per row, for the per-request overhead (default: 200)")
     p.add_argument("--embedded-requests", type=int, default=5,
@@ -306,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-embedded", action="store_true", help="leave out the embedded model's time to first token")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = p.parse_args(argv)
+    args.backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     for name in ("requests", "concurrency", "serial", "embedded_requests"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -314,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None if args.skip_embedded else bench_embedded(args.embedded_requests)
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "embedded": embedded, "cpus": os.cpu_count(),
-                          "requests": args.requests, "concurrency": args.concurrency, "serial": args.serial}, indent=2))
+                          "requests": args.requests, "concurrency": args.concurrency, "serial": args.serial,
+                          "backends": args.backends, "workers": args.workers}, indent=2))
     else:
         print(render(rows, embedded, args))
     return 1 if any(r.errors for r in rows) else 0

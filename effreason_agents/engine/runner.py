@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +46,16 @@ from effreason_agents.engine import policy
 from effreason_agents.engine.tracing import attempt_config
 from effreason_agents.errors import BudgetExhausted, LedgerError, TierError
 
-__all__ = ["HOLD_MARGIN_S", "AttemptRunner", "Held", "attempt_id", "prompting"]
+__all__ = [
+    "HOLD_MARGIN_S",
+    "SETTLEMENTS",
+    "SETTLE_RETRY_S",
+    "AttemptRunner",
+    "Held",
+    "PendingSettlements",
+    "attempt_id",
+    "prompting",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,63 @@ def prompting(strategy: Any) -> Any:
     if strategy.kind == "sc":
         return strategy.model_copy(update={"kind": strategy.sample_prompt})
     return strategy
+
+
+class PendingSettlements:
+    """Settlements the ledger could not write when their call returned (its database was
+    away). Each is retried in a background thread with backoff for :data:`SETTLE_RETRY_S`
+    seconds: its hold keeps counting against every scope meanwhile, so nothing can be
+    overspent, and a settlement that arrives after the hold expired is still recorded (the
+    ledger records billed spend on a released hold). :meth:`wait` lets a process finish
+    them before it exits."""
+
+    def __init__(self) -> None:
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def retry(self, ledger: Any, key: str, actual: Usage, result: Mapping[str, Any]) -> None:
+        thread = threading.Thread(target=self._run, args=(ledger, key, actual, result), daemon=True,
+                                  name=f"effreason-settle-{key}")
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _run(self, ledger: Any, key: str, actual: Usage, result: Mapping[str, Any]) -> None:
+        deadline, delay = time.monotonic() + SETTLE_RETRY_S, 0.25
+        try:
+            while True:
+                time.sleep(delay)
+                try:
+                    ledger.commit(key, actual, result=result)
+                    log.warning("hold %r: settled after the ledger came back", key)
+                    return
+                except LedgerError as exc:
+                    if time.monotonic() + delay > deadline:
+                        log.error("hold %r: giving up recording %s tokens ($%s) billed by the provider: %s",
+                                  key, actual.total_tokens, actual.cost_usd, exc)
+                        return
+                    delay = min(delay * 2, 5.0)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for pending settlements; returns how many are still pending."""
+        end = time.monotonic() + timeout_s
+        while self.pending() and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.pending()
+
+
+SETTLE_RETRY_S = 600.0
+"""How long a settlement the ledger could not write is retried in the background."""
+
+SETTLEMENTS = PendingSettlements()
+"""This process's pending settlements."""
 
 
 class AttemptRunner:
@@ -130,7 +198,13 @@ class AttemptRunner:
             actual = worst
         else:
             actual = Usage.from_usd(c.output_tokens, c.input_tokens + c.output_tokens, c.cost_usd)
-        self.services.ledger.commit(key, actual, result={"completion": c.to_json()})
+        result = {"completion": c.to_json()}
+        try:
+            self.services.ledger.commit(key, actual, result=result)
+        except LedgerError as exc:  # the provider billed the call: keep trying to record it
+            log.error("hold %r: the provider billed %s tokens ($%s) but the ledger could not record it (%s); "
+                      "retrying in the background", key, actual.total_tokens, actual.cost_usd, exc)
+            SETTLEMENTS.retry(self.services.ledger, key, actual, result)
         return Held(c, actual)
 
     def call(

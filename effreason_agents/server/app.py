@@ -140,8 +140,13 @@ class Server:
         return self._keys
 
     async def close(self) -> None:
+        from effreason_agents.engine.runner import SETTLEMENTS
+
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        left = await asyncio.to_thread(SETTLEMENTS.wait, 30.0)  # billed calls the ledger has not recorded yet
+        if left:
+            log.error("%d settlement(s) could not be written before exiting; their holds expire", left)
         for model in self._graphs.values():
             model.close()
         self.base.close()
@@ -245,7 +250,11 @@ class Server:
                 out[kind] = None if value is None else format_usd(Decimal(str(value)))
             return out
 
-        return await asyncio.to_thread(read)
+        try:
+            return await asyncio.to_thread(read)
+        except LedgerError as exc:  # an answer already paid for is not failed for a figure we cannot read
+            log.warning("remaining budget unknown: %s", exc)
+            return None
 
     async def quota_error(self, caller: _Caller, scope_kind: str | None, detail: str | None = None) -> RequestError:
         """429 ``insufficient_quota``: which budget ran out (``detail``: the ledger's account of

@@ -1,6 +1,7 @@
 """Plain helpers for the budget-protocol tests: configurations whose tiers are loopback fake
 OpenAI servers (:mod:`fake_openai`), questions that make prompts worth pricing, and the
-checks every scenario ends with, read from the ledger's SQLite file itself.
+checks every scenario ends with, read from the ledger's tables themselves (its SQLite file,
+or its PostgreSQL database when given a ``postgresql://`` URL).
 
 The checks are the budget protocol of DESIGN.md seen from outside:
 
@@ -94,17 +95,32 @@ def make_config(tmp: Path, tiers: Mapping[str, Mapping[str, Any]], ladder: Seque
     return Config.model_validate(config_data(tmp, tiers, ladder, **kw))
 
 
-# -- reading the ledger file ------------------------------------------------------------
+# -- reading the ledger (a SQLite file or a PostgreSQL database) ----------------------------
 
 
-def ledger_rows(path: Path) -> list[dict[str, Any]]:
-    """Every row of the ledger's ``reservations`` table (``[]`` when the file does not exist)."""
-    if not Path(path).exists():
+def _is_url(target: Path | str) -> bool:
+    return isinstance(target, str) and target.lstrip().lower().startswith(("postgresql://", "postgres://"))
+
+
+def _select(target: Path | str, sql: str) -> list[dict[str, Any]]:
+    """The rows of one ``SELECT`` on the ledger at ``target``, read without the library:
+    sqlite3 (read-only) for a file, psycopg for a ``postgresql://`` URL. ``[]`` when the
+    file or the table does not exist yet."""
+    if _is_url(target):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(str(target).strip(), autocommit=True, row_factory=dict_row) as pg:
+            try:
+                return [dict(r) for r in pg.execute(sql).fetchall()]
+            except psycopg.errors.UndefinedTable:
+                return []
+    if not Path(target).exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=30)
     try:
         conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM reservations")]
+        return [dict(r) for r in conn.execute(sql)]
     except sqlite3.OperationalError as exc:  # no table yet
         if "no such table" in str(exc):
             return []
@@ -113,10 +129,16 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
         conn.close()
 
 
-def hold_counts(path: Path) -> dict[str, int]:
+def ledger_rows(target: Path | str) -> list[dict[str, Any]]:
+    """Every row of the ledger's ``reservations`` table: ``target`` is the SQLite file or the
+    PostgreSQL database URL (``[]`` when the file or the table does not exist)."""
+    return _select(target, "SELECT * FROM reservations")
+
+
+def hold_counts(target: Path | str) -> dict[str, int]:
     """How many holds are ``reserved`` (open), ``committed`` (settled) and ``released``."""
     counts = dict.fromkeys(HOLD_STATUSES, 0)
-    for row in ledger_rows(path):
+    for row in ledger_rows(target):
         counts[row["status"]] += 1
     return counts
 
@@ -141,19 +163,16 @@ def billed_micro(responses: Iterable[Mapping[str, Any]], tier: Mapping[str, Any]
     return total
 
 
-def limited_scopes(path: Path) -> list[Scope]:
-    """Every scope that has limits in the ledger file."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return [Scope(kind, key) for kind, key in conn.execute("SELECT kind, scope_key FROM scope_limits")]
-    finally:
-        conn.close()
+def limited_scopes(target: Path | str) -> list[Scope]:
+    """Every scope that has limits in the ledger (a SQLite file or a PostgreSQL URL)."""
+    return [Scope(r["kind"], r["scope_key"]) for r in _select(target, "SELECT kind, scope_key FROM scope_limits")]
 
 
-def assert_budget_kept(ledger: BudgetLedger, path: Path, *, calls: int) -> None:
+def assert_budget_kept(ledger: BudgetLedger, path: Path | str, *, calls: int) -> None:
     """The checks every scenario ends with (see the module docstring), for every scope
-    with limits in the ledger file: no cap exceeded, no hold open, every settled hold within
-    its worst case, and exactly one settled hold per call the providers answered."""
+    with limits in the ledger (``path``: its SQLite file or PostgreSQL URL): no cap
+    exceeded, no hold open, every settled hold within its worst case, and exactly one
+    settled hold per call the providers answered."""
     scopes = limited_scopes(path)
     assert scopes, f"no scope has limits in {path}: the scenario did not reach the ledger"
     for scope in scopes:
