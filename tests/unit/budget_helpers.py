@@ -205,3 +205,27 @@ def run_all(fn: Callable[[int], T], n: int, workers: int | None = None) -> list[
     the first exception is raised."""
     with ThreadPoolExecutor(max_workers=workers or n) as pool:
         return list(pool.map(fn, range(n)))
+
+
+# -- PostgreSQL test servers --------------------------------------------------------------
+
+
+def with_password(url: str, password: str) -> str:
+    """pgserver's ``postgresql://postgres:@/db?host=…`` with ``password`` in it; the test
+    server trusts local connections, so it still connects."""
+    assert url.startswith("postgresql://postgres:@"), url
+    return url.replace("postgresql://postgres:@", f"postgresql://postgres:{password}@", 1)
+
+
+def wait_until(condition: Callable[[], Any], what: str, within_s: float = 60.0) -> Any:
+    """``condition()``'s first truthy value, polled every 20 ms; AssertionError naming
+    ``what`` after ``within_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {within_s} s")

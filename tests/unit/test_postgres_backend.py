@@ -23,6 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from budget_helpers import wait_until, with_password
+
 from effreason_agents.adapters.database import (
     Database,
     MigrationStatus,
@@ -53,21 +55,8 @@ LEDGER_NAMES = [name for name, _ in LEDGER_MIGRATIONS]
 STORE_NAMES = [name for name, _ in STORE_MIGRATIONS]
 
 
-def with_password(url: str, password: str = PASSWORD) -> str:
-    """``url`` (pgserver's ``postgresql://postgres:@/db?host=…``) with a password in it; the
-    test server trusts local connections, so it still connects."""
-    assert url.startswith("postgresql://postgres:@"), url
-    return url.replace("postgresql://postgres:@", f"postgresql://postgres:{password}@", 1)
 
 
-def wait_until(condition: Callable[[], Any], what: str, within_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {within_s} s")
 
 
 def lock_waiters(url: str) -> list[int]:
@@ -134,7 +123,7 @@ def test_migration_types_are_widened_for_postgres() -> None:
 
 
 def test_objects_name_their_database_without_the_password(pg_url: str) -> None:
-    url = with_password(pg_url)
+    url = with_password(pg_url, PASSWORD)
     for cls in (BudgetLedger, KeyStore, OutcomeStore):
         obj = cls(url)
         try:
@@ -496,7 +485,7 @@ def test_a_stopped_server_fails_reserves_cleanly_and_is_used_again_once_back(pg_
     pgserver = pytest.importorskip("pgserver")
     data = pg_data_dir
     handle = pgserver.get_server(data, cleanup_mode="stop")
-    url = with_password(handle.get_uri())
+    url = with_password(handle.get_uri(), PASSWORD)
     led = BudgetLedger(url, timeout_s=3)
     try:
         led.set_limits(THREAD, LimitConfig(max_cost_usd=Decimal("0.01")))
@@ -510,7 +499,7 @@ def test_a_stopped_server_fails_reserves_cleanly_and_is_used_again_once_back(pg_
         assert message.startswith(f"cannot reach PostgreSQL at {led.location}: ") and PASSWORD not in message
 
         handle = pgserver.get_server(data, cleanup_mode="stop")  # back, at the same address
-        assert with_password(handle.get_uri()) == url
+        assert with_password(handle.get_uri(), PASSWORD) == url
         assert led.status("during") is None  # nothing was written while it was down
         assert led.reserve("after", [Scope("request", "r3"), THREAD], Usage(micro_usd=1000)) == "reserved"
         assert led.spent(THREAD) == Usage(micro_usd=800) and led.reserved(THREAD) == Usage(micro_usd=1000)

@@ -49,7 +49,15 @@ _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from budget_helpers import billed_micro, config_data, fake_tier, hold_counts, ledger_rows  # noqa: E402
+from budget_helpers import (  # noqa: E402
+    billed_micro,
+    config_data,
+    fake_tier,
+    hold_counts,
+    ledger_rows,
+    wait_until,
+    with_password,
+)
 from fake_openai import FakeOpenAI  # noqa: E402
 from serve_process import ServeProcess, ServeProcessError, free_port, write_toml  # noqa: E402
 
@@ -66,20 +74,8 @@ GATE_S = 90.0
 """A guard: a gate left closed by a failed test opens by itself."""
 
 
-def with_password(url: str) -> str:
-    """pgserver's ``postgresql://postgres:@/db?host=…`` with :data:`PASSWORD` in it."""
-    assert url.startswith("postgresql://postgres:@"), url
-    return url.replace("postgresql://postgres:@", f"postgresql://postgres:{PASSWORD}@", 1)
 
 
-def wait_until(condition: Callable[[], Any], what: str, within_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {within_s} s")
 
 
 class GatedOpenAI(FakeOpenAI):
@@ -203,7 +199,7 @@ def own_postgres(pg_data_dir: Path) -> Iterator[dict[str, Any]]:
     :data:`PASSWORD`); the test may stop and restart it (replacing ``handle``)."""
     pgserver = pytest.importorskip("pgserver", reason="the PostgreSQL tests need the pgserver wheel (test extra)")
     pg = {"data": pg_data_dir, "handle": pgserver.get_server(pg_data_dir, cleanup_mode="stop")}
-    pg["url"] = with_password(pg["handle"].get_uri())
+    pg["url"] = with_password(pg["handle"].get_uri(), PASSWORD)
     try:
         yield pg
     finally:
@@ -264,7 +260,7 @@ def test_requests_fail_cleanly_while_postgres_is_down_and_succeed_once_it_is_bac
 
                 # -- PostgreSQL is back: same data directory, same socket ------------------------
                 own_postgres["handle"] = pgserver.get_server(own_postgres["data"], cleanup_mode="stop")
-                assert with_password(own_postgres["handle"].get_uri()) == url
+                assert with_password(own_postgres["handle"].get_uri(), PASSWORD) == url
                 fast_api.gate.set()  # group A's answers come now, and settle on the restored database
                 infos += [answered_info(f.result(timeout=300)) for f in group_a]
                 after = client.run(MIX * 2)  # no restart of the server
