@@ -15,7 +15,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
