@@ -187,7 +187,11 @@ def test_ctrl_c_during_a_request_still_stops_the_server_at_exit() -> None:
     must not keep the server, and so the process, alive."""
     child = _Child(
         """
-        import atexit, socket, threading, time, httpx
+        import atexit, signal, socket, threading, time, httpx
+
+        # Ctrl-C as in a user's terminal, whatever the test process left blocked or ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         seen = {}
         def report():  # registered before effreason's own hook, so it runs after it
