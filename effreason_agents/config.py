@@ -35,6 +35,7 @@ from effreason_agents.errors import ConfigError
 
 __all__ = [
     "ArmConfig",
+    "ArmPrior",
     "BudgetConfig",
     "Capabilities",
     "Config",
@@ -251,6 +252,19 @@ class ArmConfig(_Model):
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 
 
+class ArmPrior(_Model):
+    """What value escalation (``escalation.next = "value"``) assumes of an arm without a
+    trained router: its accuracy per difficulty, and how many output tokens it writes."""
+
+    easy: float = Field(ge=0, le=1, description="P(correct) on questions the classifier labels easy")
+    medium: float = Field(ge=0, le=1, description="P(correct) on medium questions")
+    hard: float = Field(ge=0, le=1, description="P(correct) on hard questions")
+    output_tokens: float | None = Field(
+        default=None, gt=0, description="mean output tokens per attempt (all samples of an sc arm); "
+        "unset: the worst case, the arm's cap times its samples"
+    )
+
+
 class EscalationConfig(_Model):
     confidence_threshold: float | None = Field(
         default=None,
@@ -269,10 +283,40 @@ class EscalationConfig(_Model):
         description="calibrated confidence: 'builtin' (the artifacts shipped for the embedded model), a directory "
         "of artifacts written by 'effreason calibrate', or 'off' for the heuristic confidence",
     )
+    scorer: str | None = Field(
+        default=None,
+        description="a cascade scorer artifact directory ('effreason router cascade --out DIR'): judges the cheap "
+        "arm's answer from the question and its reply, for the arms its card names; unset: no scorer",
+    )
+    scorer_mode: Literal["replace", "combine"] = Field(
+        default="replace",
+        description="how the scorer's P(right) becomes the attempt's confidence: 'replace' the calibrated "
+        "confidence, or 'combine' with it (their mean in logit space); the attempt's signals keep both",
+    )
     start_arm: dict[Difficulty, str] = Field(
         default_factory=lambda: {"easy": "small:direct", "medium": "small:direct", "hard": "large:cod"},
         description="the arm the classifier starts at, per difficulty; when that arm is not usable "
         "(its tier disabled, the question too long for it) the request starts at the bottom of the ladder",
+    )
+    next: Literal["ladder", "value"] = Field(
+        default="ladder",
+        description="where a low-confidence answer escalates to: 'ladder', the next arm up the ladder; 'value', "
+        "the untried arm (the ladder's or value_arms') with the best predicted gain in P(correct) per "
+        "expected cost, or nowhere when no arm is predicted to beat the answer in hand",
+    )
+    value_arms: list[ArmConfig] = Field(
+        default_factory=list,
+        description="next = 'value': arms it may choose that are not on the ladder, e.g. 'small:sc'",
+    )
+    value_priors: dict[str, ArmPrior] = Field(
+        default_factory=dict,
+        description="next = 'value': P(correct) per difficulty (and mean output tokens) by arm name, over the "
+        "built-in priors; a trained router's predictions win over both for the arms it knows",
+    )
+    value_min_gain: float = Field(
+        default=0.02, ge=0, lt=1,
+        description="next = 'value': the smallest predicted gain in P(correct) worth another call; smaller "
+        "gains are within the error of the priors they come from",
     )
 
 
@@ -324,6 +368,21 @@ class RouterConfig(_Model):
                               "(overrides the artifact's calibrated policy)")
     lam: float | None = Field(default=None, ge=0, description="policy: the arm maximizing P(correct) - lam * cost "
                               "(overrides the artifact's calibrated policy)")
+    target_share: float | None = Field(
+        default=None, ge=0, le=1,
+        description="keep this share of routed queries on the arms above the cheapest one: the threshold follows "
+        "the (1 - target_share) quantile of the router's recent scores, so it holds when traffic shifts "
+        "(overrides the artifact's policy for that choice)")
+    target_window: int = Field(default=500, ge=20, le=100_000,
+                               description="target_share: how many recent router scores the quantile is taken over")
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> "RouterConfig":
+        fixed = [name for name in ("tau", "lam") if getattr(self, name) is not None]
+        if self.target_share is not None and fixed:
+            raise ValueError(f"router.target_share sets the threshold from recent traffic; it cannot be combined with "
+                             f"router.{' and router.'.join(fixed)} (remove one)")
+        return self
 
 
 def _postgres_url(value: str | None, field: str) -> str | None:
@@ -383,7 +442,25 @@ class Config(_Model):
                 raise ValueError(
                     f"ladder[{i}]: unknown strategy {arm.strategy!r} (known: {', '.join(sorted(self.strategies))})"
                 )
+        self._check_value_arms()
         return self
+
+    def _check_value_arms(self) -> None:
+        """Every arm named by ``escalation.value_arms`` and ``escalation.value_priors`` must exist."""
+        named = [(f"escalation.value_arms[{i}]", a) for i, a in enumerate(self.escalation.value_arms)]
+        for key in self.escalation.value_priors:
+            try:
+                named.append((f"escalation.value_priors.{key!r}", ArmConfig.model_validate(key)))
+            except ValidationError:
+                raise ValueError(f"escalation.value_priors: {key!r} is not an arm name; write it as "
+                                 "'tier:strategy' or 'tier:strategy:max_tokens'") from None
+        for where, arm in named:
+            if arm.tier not in self.tiers:
+                raise ValueError(f"{where}: unknown tier {arm.tier!r} in {arm.name!r} "
+                                 f"(known: {', '.join(sorted(self.tiers))})")
+            if arm.strategy not in self.strategies:
+                raise ValueError(f"{where}: unknown strategy {arm.strategy!r} in {arm.name!r} "
+                                 f"(known: {', '.join(sorted(self.strategies))})")
 
     def enabled_tiers(self, environ: Mapping[str, str] | None = None) -> dict[str, TierConfig]:
         return {n: t for n, t in self.tiers.items() if t.is_enabled(environ)}

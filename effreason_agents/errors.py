@@ -34,6 +34,7 @@ __all__ = [
     "RequestError",
     "RouterError",
     "RouterTrainError",
+    "ScorerError",
     "StoreError",
     "TierError",
     "VirtualKeyError",
@@ -197,6 +198,11 @@ class RouterError(EffReasonError, ValueError):
 
 class CalibratorError(EffReasonError, ValueError):
     """A calibrator artifact is unreadable, foreign, of another version, or does not fit the tier."""
+
+
+class ScorerError(CalibratorError):
+    """A cascade scorer artifact is unreadable, foreign, of another version, or judges none of
+    the configured arms; or a scorer setting is unknown."""
 
 
 class EvaluationError(MetricsError):

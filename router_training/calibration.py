@@ -302,7 +302,12 @@ def fit_calibrator(
             f"{'correct' if pos else 'wrong'}: a calibrator needs both right and wrong answers"
         )
     if features is None:
-        candidates = list(SIGNAL_NAMES) + sorted({k for s in sigs for k in s} - set(SIGNAL_NAMES))
+        # not the judgments recorded beside the signals (a cascade scorer's and the calibrated
+        # confidence): a calibrator fitted on them could not be applied to the raw signals
+        from effreason_agents.adapters.scorer import CALIBRATED_SIGNAL, SCORER_SIGNAL
+
+        judged = {SCORER_SIGNAL, CALIBRATED_SIGNAL}
+        candidates = list(SIGNAL_NAMES) + sorted({k for s in sigs for k in s} - set(SIGNAL_NAMES) - judged)
     else:
         candidates = list(dict.fromkeys(features))
         if not candidates:

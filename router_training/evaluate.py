@@ -10,7 +10,9 @@
   the operating points of the threshold policy (cheapest arm with ``P ≥ τ``) and the
   cost-penalized policy (``argmax P − λ·cost``), their cost/accuracy hull areas
   against the fixed arms', and the random and oracle routers.
-* :func:`cross_validate`: all of the above from out-of-fold predictions.
+* :func:`prediction_report`: both views of held-out predictions; :func:`cross_validate`:
+  that report from k-fold out-of-fold predictions (other protocols — whole groups held
+  out, train on one file and test on another — are in :mod:`router_training.protocols`).
 * :func:`pick_policy`: the operating point meeting a target (share of calls to a
   tier, mean cost, accuracy), for calibrating a deployed policy from logs.
 * :func:`plot_pgr`: PGR vs share of strong calls as a PNG.
@@ -51,10 +53,13 @@ __all__ = [
     "lambda_grid",
     "many_arm_report",
     "oof_predictions",
+    "pair_scores",
     "pick_policy",
     "plot_pgr",
     "policy_curve",
+    "prediction_report",
     "prompt_folds",
+    "resolve_pair",
     "two_arm_report",
 ]
 
@@ -98,17 +103,28 @@ def _check_probs(table: OutcomeTable, probs: Any, what: str = "probs") -> np.nda
     return np.clip(p, 0.0, 1.0)
 
 
-def oof_predictions(table: OutcomeTable, fit: Fit, *, k: int = 5, seed: int = 0) -> np.ndarray:
+def oof_predictions(table: OutcomeTable, fit: Fit, *, k: int = 5, seed: int = 0,
+                    folds: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold P(correct) for every prompt and arm, shape ``(n, a)``.
 
-    For each of the ``k`` folds of :func:`prompt_folds`, ``fit`` is called on the table
-    without that fold and the predictor it returns is asked about the fold's prompts;
-    it must return an ``(m, a)`` array of probabilities in the table's arm order.
+    For each of the ``k`` folds of :func:`prompt_folds` (or of ``folds``, a fold id
+    0..k−1 per prompt from another splitter, which then sets ``k`` and ``seed`` aside),
+    ``fit`` is called on the table without that fold and the predictor it returns is
+    asked about the fold's prompts; it must return an ``(m, a)`` array of probabilities
+    in the table's arm order.
     """
-    folds = prompt_folds(len(table), k, seed)
+    if folds is None:
+        folds = prompt_folds(len(table), k, seed)
+    else:
+        folds = np.asarray(folds, dtype=np.int64)
+        if folds.shape != (len(table),) or (folds < 0).any():
+            raise EvaluationError(f"folds must be a non-negative fold id per prompt ({len(table)} prompts)")
+        k = int(folds.max()) + 1 if folds.size else 0
     out = np.full((len(table), len(table.arms)), np.nan)
     for f in range(k):
         test = np.flatnonzero(folds == f)
+        if not test.size:
+            continue
         predict = fit(table.subset(folds != f))
         pred = np.asarray(predict([table.prompts[i] for i in test]), dtype=float)
         if pred.shape != (len(test), len(table.arms)):
@@ -131,6 +147,23 @@ def _arm_index(table: OutcomeTable, arm: str, role: str) -> int:
 
 def _policy_metrics(summary: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {k: summary[name][k] for k in ("apgr", "cpt50", "cpt80")}
+
+
+def pair_scores(table: OutcomeTable, probs: Any, weak: str, strong: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The items :func:`two_arm_report` scores: ``(rows, w, s, pw, ps)`` — ``rows`` a mask of
+    the prompts where both arms have a label, ``w``/``s`` whether the weak/strong arm is
+    right there (labels thresholded at 0.5), ``pw``/``ps`` the predicted P(right) of each.
+    The router score is ``ps − pw``. Raises :class:`EvaluationError` for an unknown arm,
+    the same arm twice, or no prompt with both labels."""
+    p = _check_probs(table, probs)
+    iw, js = _arm_index(table, weak, "weak"), _arm_index(table, strong, "strong")
+    if iw == js:
+        raise EvaluationError(f"the weak and strong arms are both {weak!r}; pick two different arms")
+    both = np.isfinite(table.correct[:, iw]) & np.isfinite(table.correct[:, js])
+    if not both.any():
+        raise EvaluationError(f"no prompt has a label for both {weak!r} and {strong!r}")
+    return both, table.correct[both, iw] >= 0.5, table.correct[both, js] >= 0.5, p[both, iw], p[both, js]
 
 
 def two_arm_report(table: OutcomeTable, probs: Any, weak: str, strong: str) -> dict[str, Any]:
@@ -156,16 +189,7 @@ def two_arm_report(table: OutcomeTable, probs: Any, weak: str, strong: str) -> d
     when the two arms are equally accurate on these prompts, :class:`EvaluationError`
     when no prompt has both labels.
     """
-    p = _check_probs(table, probs)
-    iw, js = _arm_index(table, weak, "weak"), _arm_index(table, strong, "strong")
-    if iw == js:
-        raise EvaluationError(f"the weak and strong arms are both {weak!r}; pick two different arms")
-    both = np.isfinite(table.correct[:, iw]) & np.isfinite(table.correct[:, js])
-    if not both.any():
-        raise EvaluationError(f"no prompt has a label for both {weak!r} and {strong!r}")
-    w = table.correct[both, iw] >= 0.5
-    s = table.correct[both, js] >= 0.5
-    pw, ps = p[both, iw], p[both, js]
+    both, w, s, pw, ps = pair_scores(table, probs, weak, strong)
     summary = two_arm_summary(w.tolist(), s.tolist(), (ps - pw).tolist())
     auc = auroc((1.0 - pw).tolist(), (~w).tolist())
     curves = summary["curves"]
@@ -384,6 +408,56 @@ def default_pair(table: OutcomeTable, costs: Mapping[str, float] | None = None) 
     return weak, strong
 
 
+def resolve_pair(table: OutcomeTable, costs: Mapping[str, float], weak: str | None = None,
+                 strong: str | None = None) -> tuple[str, str]:
+    """The (weak, strong) pair to report: the given arms, the missing one(s) filled in by
+    :func:`default_pair` (never the same arm twice). Raises :class:`EvaluationError` for an
+    unknown arm or the same arm given twice."""
+    if weak is None or strong is None:
+        dw, ds = default_pair(table, costs)
+        if weak is None and strong is None:
+            weak, strong = dw, ds
+        elif weak is None:
+            weak = dw if dw != strong else ds
+        else:
+            strong = ds if ds != weak else dw
+    assert weak is not None and strong is not None
+    _arm_index(table, weak, "weak")
+    _arm_index(table, strong, "strong")
+    if weak == strong:
+        raise EvaluationError(f"the weak and strong arms are both {weak!r}; pick two different arms")
+    return weak, strong
+
+
+def prediction_report(table: OutcomeTable, probs: Any, *, weak: str, strong: str, costs: Mapping[str, float],
+                      cost_unit: str) -> dict[str, Any]:
+    """Held-out predictions ``probs`` (prompts × arms of ``table``) scored both ways:
+    :func:`two_arm_report` between ``weak`` and ``strong`` (its keys ``None`` with a note
+    when the two arms are equally accurate) and :func:`many_arm_report` under ``costs``
+    (``many_arm`` ``None`` with a note when no prompt has a label for every arm).
+
+    Returns ``{"apgr", "cpt50", "cpt80", "auc", "n", "weak", "strong", "acc_weak",
+    "acc_strong", "baselines", "curve", "arms", "costs", "cost_unit", "many_arm", "notes"}``.
+    """
+    notes: list[str] = []
+    result: dict[str, Any] = {"apgr": None, "cpt50": None, "cpt80": None, "auc": None, "n": None,
+                              "weak": weak, "strong": strong, "baselines": {}, "curve": None}
+    try:
+        result.update(two_arm_report(table, probs, weak, strong))
+    except PGRUndefinedError as exc:
+        notes.append(f"no APGR/CPT between {weak} and {strong}: {exc}")
+        result["n"] = int((np.isfinite(table.correct[:, table.arms.index(weak)])
+                           & np.isfinite(table.correct[:, table.arms.index(strong)])).sum())
+    result.update({"arms": list(table.arms), "costs": dict(costs), "cost_unit": cost_unit})
+    if np.isfinite(table.correct).all(axis=1).any():
+        result["many_arm"] = many_arm_report(table, probs, costs)
+    else:
+        result["many_arm"] = None
+        notes.append("no many-arm report: no prompt has a label for every arm")
+    result["notes"] = notes
+    return result
+
+
 def cross_validate(
     table: OutcomeTable,
     fit: Fit,
@@ -413,35 +487,10 @@ def cross_validate(
         costs, unit = costs_for(table)
     else:
         costs, unit = {a: float(v) for a, v in costs.items()}, cost_unit or "given"
-    if weak is None or strong is None:
-        dw, ds = default_pair(table, costs)
-        if weak is None and strong is None:
-            weak, strong = dw, ds
-        elif weak is None:
-            weak = dw if dw != strong else ds
-        else:
-            strong = ds if ds != weak else dw
-    _arm_index(table, weak, "weak")
-    _arm_index(table, strong, "strong")
-    if weak == strong:
-        raise EvaluationError(f"the weak and strong arms are both {weak!r}; pick two different arms")
+    weak, strong = resolve_pair(table, costs, weak, strong)
     probs = oof_predictions(table, fit, k=k, seed=seed)
-    notes: list[str] = []
-    result: dict[str, Any] = {"apgr": None, "cpt50": None, "cpt80": None, "auc": None, "n": None,
-                              "weak": weak, "strong": strong, "baselines": {}, "curve": None}
-    try:
-        result.update(two_arm_report(table, probs, weak, strong))
-    except PGRUndefinedError as exc:
-        notes.append(f"no APGR/CPT between {weak} and {strong}: {exc}")
-        result["n"] = int((np.isfinite(table.correct[:, table.arms.index(weak)])
-                           & np.isfinite(table.correct[:, table.arms.index(strong)])).sum())
-    result.update({"k": int(k), "seed": int(seed), "arms": list(table.arms), "costs": dict(costs), "cost_unit": unit})
-    if np.isfinite(table.correct).all(axis=1).any():
-        result["many_arm"] = many_arm_report(table, probs, costs)
-    else:
-        result["many_arm"] = None
-        notes.append("no many-arm report: no prompt has a label for every arm")
-    result["notes"] = notes
+    result = prediction_report(table, probs, weak=weak, strong=strong, costs=costs, cost_unit=unit)
+    result.update({"k": int(k), "seed": int(seed)})
     return result
 
 

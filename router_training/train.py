@@ -23,24 +23,31 @@ from effreason_agents.errors import RouterTrainError
 
 from effreason_agents.evaluation.outcomes import OutcomeTable
 
-__all__ = ["RouterTrainError", "calibrate_policy", "evaluate", "train"]
+__all__ = ["AUTO_KINDS", "RouterTrainError", "calibrate_policy", "evaluate", "train"]
 
-AUTO_KINDS = ("logistic", "mf", "gbm", "mlp")
+#: ``--model auto`` cross-validates these and keeps the best.
+AUTO_KINDS = ("logistic", "mf", "gbm", "mlp", "knn", "ensemble")
 
 
 def evaluate(table: OutcomeTable, kind: str = "logistic", *, k: int = 5, seed: int = 0, weak: str | None = None,
              strong: str | None = None, embeddings: bool = False) -> dict[str, Any]:
     """Cross-validated metrics of one model kind (folds by prompt)."""
-    from .evaluate import costs_for, cross_validate
+    return _evaluate(table, kind, k=k, seed=seed, weak=weak, strong=strong, embeddings=embeddings)[0]
+
+
+def _evaluate(table: OutcomeTable, kind: str, *, k: int, seed: int, weak: str | None, strong: str | None,
+              embeddings: bool) -> tuple[dict[str, Any], Any]:
+    """:func:`evaluate` and the out-of-fold predictions it scored (the policy is tuned on them)."""
+    from .evaluate import costs_for, oof_predictions, prediction_report, resolve_pair
     from .models import fit_predict
 
     costs, unit = costs_for(table)
+    weak, strong = resolve_pair(table, costs, weak, strong)
     started = time.perf_counter()
-    result = cross_validate(table, fit_predict(kind, embeddings=embeddings, seed=seed), k=k, seed=seed,
-                            weak=weak, strong=strong, costs=costs, cost_unit=unit)
-    result["model"] = kind
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
+    probs = oof_predictions(table, fit_predict(kind, embeddings=embeddings, seed=seed), k=k, seed=seed)
+    result = prediction_report(table, probs, weak=weak, strong=strong, costs=costs, cost_unit=unit)
+    result.update({"k": int(k), "seed": int(seed), "model": kind, "seconds": round(time.perf_counter() - started, 2)})
+    return result, probs
 
 
 def _score(result: Mapping[str, Any]) -> float:
@@ -61,17 +68,19 @@ def train(table: OutcomeTable, out_dir: str | Path, *, kinds: Sequence[str] = ("
           max_share: tuple[str, float] | None = None, max_mean_cost: float | None = None,
           min_accuracy: float | None = None) -> dict[str, Any]:
     """Select a model kind by cross-validation, refit it on all prompts, pick the policy and save."""
-    from .evaluate import costs_for, oof_predictions, pick_policy, policy_curve
-    from .models import fit_predict, fit_router
+    from .evaluate import costs_for, pick_policy, policy_curve
+    from .models import fit_router
 
     if k > len(table):
         raise RouterTrainError(f"fewer prompts ({len(table)}) than folds ({k}); lower --cv or log more outcomes")
     candidates: dict[str, dict[str, Any]] = {}
+    oof: dict[str, Any] = {}
     for kind in kinds:
-        candidates[kind] = evaluate(table, kind, k=k, seed=seed, weak=weak, strong=strong, embeddings=embeddings)
+        candidates[kind], oof[kind] = _evaluate(table, kind, k=k, seed=seed, weak=weak, strong=strong,
+                                                embeddings=embeddings)
     best = max(candidates, key=lambda kd: _score(candidates[kd]))
     costs, unit = costs_for(table)
-    probs = oof_predictions(table, fit_predict(best, embeddings=embeddings, seed=seed), k=k, seed=seed)
+    probs = oof[best]
     curve = policy_curve(table, probs, costs, kind=policy)
     chosen = pick_policy(curve, **_target_kwargs(max_share, max_mean_cost, min_accuracy))
     started = time.perf_counter()

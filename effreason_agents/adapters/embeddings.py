@@ -128,9 +128,11 @@ class Embedder:
 
     def _forward(self, torch: Any, texts: Sequence[str]) -> np.ndarray:
         out = []
+        # batches of similar lengths: padding to the longest text of a batch is what costs
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                batch = list(texts[start:start + self.batch_size])
+                batch = [texts[i] for i in order[start:start + self.batch_size]]
                 enc = self._tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS,
                                       return_tensors="pt")
                 hidden = self._model(**enc).last_hidden_state
@@ -139,7 +141,11 @@ class Embedder:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out.append(pooled.cpu().numpy().astype(np.float32))
         self.computed += len(texts)
-        return np.concatenate(out) if out else np.empty((0, DIM), np.float32)
+        if not out:
+            return np.empty((0, DIM), np.float32)
+        result = np.empty((len(texts), DIM), np.float32)
+        result[order] = np.concatenate(out)
+        return result
 
     # cache -------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path:

@@ -4,7 +4,7 @@ A router is fitted offline by :mod:`router_training.models` on logged outcomes
 (one row per prompt, one column per arm) and saved as an *artifact directory*::
 
     card.json          {"format": "effreason-router", "version": 1,
-                        "kind": "logistic" | "mlp" | "mf" | "gbm",
+                        "kind": "logistic" | "mlp" | "mf" | "gbm" | "knn" | "ensemble",
                         "arms": ["small:direct", "large:cot", ...],
                         "features": {"set": "tfidf+hand", "version": 1, "dim": 40015,
                                      "embeddings": false},
@@ -46,6 +46,13 @@ Model kinds (``x`` is the feature vector, ``σ`` the logistic function)::
     gbm        svd (k×(Vw+Vc)) compresses the text blocks; one HistGradientBoostingClassifier
                per arm on [svd · x_text, hand features, embedding]; base_rate (a) and
                constant (a) for arms that had a single class in training
+    knn        knn_emb (n×384, the training prompts' embeddings), knn_y (n×a labels, 0 where
+               unknown), knn_mask (n×a, 1 where known), knn_base (a), knn_hp [k, temp, prior]:
+               the k training prompts most similar to the query (cosine, on the embedding
+               block), weighted 1 (temp = 0) or exp((sim − max sim) / temp), give
+               p_arm = (Σ w·y + prior·base) / (Σ w·known + prior)
+    ensemble   the logistic arrays (W, b) and the knn arrays, and ens_w [w_logistic, w_knn]:
+               p = w_logistic · σ(W x + b) + w_knn · p_knn (weights sum to 1)
 
 An arm whose training labels held a single class predicts its base rate (a
 constant). Policies (:func:`choose`): *threshold* — the cheapest arm whose P(correct)
@@ -98,6 +105,7 @@ __all__ = [
     "choose",
     "gbm_dense",
     "gbm_dense_row",
+    "knn_proba",
     "save_router",
 ]
 
@@ -105,7 +113,7 @@ ARTIFACT_FORMAT = "effreason-router"
 ARTIFACT_VERSION = 1
 FEATURIZER_FORMAT = "effreason-featurizer"
 FEATURIZER_VERSION = 1
-KINDS = ("logistic", "mlp", "mf", "gbm")
+KINDS = ("logistic", "mlp", "mf", "gbm", "knn", "ensemble")
 
 CARD_FILE = "card.json"
 FEATURIZER_FILE = "featurizer.json"
@@ -230,8 +238,10 @@ class Featurizer:
     # layout ----------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """The feature set name written on the card, e.g. ``tfidf+hand+minilm``."""
-        return "tfidf" + ("+hand" if self.hand else "") + ("+minilm" if self.embeddings else "")
+        """The feature set name written on the card, e.g. ``tfidf+hand+minilm`` (``minilm``: embeddings only)."""
+        parts = (["tfidf"] if self.max_words or self.max_chars else []) + (["hand"] if self.hand else []) \
+            + (["minilm"] if self.embeddings else [])
+        return "+".join(parts) or "none"
 
     def layout(self) -> dict[str, tuple[int, int]]:
         """``{block: (start, stop)}`` column ranges: ``word``, ``char``, ``hand``, ``embedding``
@@ -270,8 +280,10 @@ class Featurizer:
         wdf: Counter[str] = Counter()
         cdf: Counter[str] = Counter()
         for p in prompts:
-            wdf.update(set(word_terms(p)))
-            cdf.update(set(char_terms(p)))
+            if self.max_words:
+                wdf.update(set(word_terms(p)))
+            if self.max_chars:
+                cdf.update(set(char_terms(p)))
         words = _select_vocab(wdf, self.min_df, self.max_words)
         chars = _select_vocab(cdf, self.min_df, self.max_chars)
         self.word_vocab = {t: i for i, t in enumerate(words)}
@@ -547,6 +559,37 @@ def _expected_arrays(kind: str, arrays: Mapping[str, np.ndarray], d: int, a: int
         svd, base, const = need("svd", 2), need("base_rate", 1), need("constant", 1)
         if svd.shape[1] != text_dim or base.shape != (a,) or const.shape != (a,):
             raise ValueError("gbm expects svd (k×text columns), base_rate (a,), constant (a,)")
+    if kind in ("knn", "ensemble"):
+        emb, y, mask, base, hp = (need("knn_emb", 2), need("knn_y", 2), need("knn_mask", 2), need("knn_base", 1),
+                                  need("knn_hp", 1))
+        n = emb.shape[0]
+        if emb.shape[1] != EMBEDDING_DIM or y.shape != (n, a) or mask.shape != (n, a) or base.shape != (a,) \
+                or hp.shape != (3,) or n < 1:
+            raise ValueError(f"knn expects knn_emb (n×{EMBEDDING_DIM}), knn_y and knn_mask (n×{a}), knn_base ({a},), "
+                             f"knn_hp (3,); got {emb.shape}, {y.shape}, {mask.shape}, {base.shape}, {hp.shape}")
+        if not 1 <= hp[0] <= n or hp[1] < 0 or hp[2] < 0:
+            raise ValueError(f"knn_hp [k, temp, prior] must have 1 <= k <= {n}, temp >= 0 and prior >= 0, got {hp}")
+    if kind == "ensemble":
+        if need("W", 2).shape != (a, d) or need("b", 1).shape != (a,):
+            raise ValueError(f"ensemble expects W {(a, d)} and b {(a,)}")
+        w = need("ens_w", 1)
+        if w.shape != (2,) or np.any(w < 0) or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"ensemble weights ens_w must be 2 non-negative numbers summing to 1, got {w}")
+
+
+def knn_proba(sims: np.ndarray, y: np.ndarray, mask: np.ndarray, base: np.ndarray, k: int, temp: float,
+              prior: float) -> np.ndarray:
+    """P(correct) per arm from similarities to the training prompts (``sims``: m × n) — the
+    knn kind's rule (see the module docstring); also used to choose k and temp at training."""
+    sims = np.atleast_2d(sims)
+    k = int(min(max(1, k), sims.shape[1]))
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
+        np.broadcast_to(np.arange(sims.shape[1]), (sims.shape[0], sims.shape[1]))
+    top = np.take_along_axis(sims, idx, axis=1)
+    w = np.exp((top - top.max(axis=1, keepdims=True)) / temp) if temp > 0 else np.ones_like(top)
+    num = np.einsum("ij,ijk->ik", w, y[idx]) + prior * base
+    den = np.einsum("ij,ijk->ik", w, mask[idx]) + prior
+    return num / np.maximum(den, 1e-12)
 
 
 def gbm_dense_row(idx: np.ndarray, val: np.ndarray, svd_t: np.ndarray, text_dim: int, dim: int) -> np.ndarray:
@@ -603,6 +646,12 @@ class Router:
             self._w["P_T"] = np.ascontiguousarray(self._w["P"].T)
         if self.kind == "gbm":
             self._w["svd_T"] = np.ascontiguousarray(self._w["svd"].T)
+        if self.kind in ("knn", "ensemble"):
+            # the similarity product runs in float32: half the memory traffic of float64
+            self._w["knn_emb"] = np.ascontiguousarray(self.arrays["knn_emb"], dtype=np.float32)
+            self._emb_cols = featurizer.layout()["embedding"]
+            if self._emb_cols[1] - self._emb_cols[0] != EMBEDDING_DIM:
+                raise RouterError(f"a {self.kind} router needs a featurizer with sentence embeddings")
 
     def __repr__(self) -> str:
         return f"Router(kind={self.kind!r}, arms={self.arms!r}, path={str(self.path)!r})"
@@ -676,7 +725,7 @@ class Router:
     # predicting --------------------------------------------------------------------
     def _logits_row(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
         w, v = self._w, val.astype(np.float64)
-        if self.kind == "logistic":
+        if self.kind in ("logistic", "ensemble"):
             return w["W"][:, idx] @ v + w["b"]
         if self.kind == "mlp":
             layers = _mlp_hidden(w)
@@ -691,7 +740,7 @@ class Router:
 
     def _logits_batch(self, X: Any) -> np.ndarray:
         w = self._w
-        if self.kind == "logistic":
+        if self.kind in ("logistic", "ensemble"):
             return np.asarray(X @ w["W"].T) + w["b"]
         if self.kind == "mlp":
             layers = _mlp_hidden(w)
@@ -727,12 +776,36 @@ class Router:
                     out[:, j] = clf.predict_proba(dense)[:, list(clf.classes_).index(1)]
         return out
 
+    def _knn(self, emb: np.ndarray) -> np.ndarray:
+        w = self._w
+        k, temp, prior = w["knn_hp"]
+        sims = np.asarray(emb, dtype=np.float32) @ w["knn_emb"].T
+        return knn_proba(sims, w["knn_y"], w["knn_mask"], w["knn_base"], int(k), float(temp), float(prior))
+
+    def _row_embedding(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+        start, stop = self._emb_cols
+        out = np.zeros(stop - start)
+        m = (idx >= start) & (idx < stop)
+        out[idx[m] - start] = val[m]
+        return out
+
+    def _combine(self, logits: np.ndarray | None, emb: np.ndarray) -> np.ndarray:
+        p_knn = self._knn(emb)
+        if self.kind == "knn":
+            return p_knn
+        wl, wk = self._w["ens_w"]
+        return wl * sigmoid(logits) + wk * p_knn
+
     def predict_rows(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """P(correct) (n × arms) from featurized rows (``Featurizer.transform_one`` output)."""
         if not rows:
             return np.empty((0, len(self.arms)))
         if self.kind == "gbm":
             return self._gbm_proba(np.vstack([self._gbm_dense_row(i, v) for i, v in rows]))
+        if self.kind in ("knn", "ensemble"):
+            emb = np.vstack([self._row_embedding(i, v) for i, v in rows])
+            logits = np.vstack([self._logits_row(i, v) for i, v in rows]) if self.kind == "ensemble" else None
+            return self._combine(logits, emb)
         return sigmoid(np.vstack([self._logits_row(i, v) for i, v in rows]))
 
     def predict_matrix(self, X: Any) -> np.ndarray:
@@ -741,6 +814,14 @@ class Router:
             return np.empty((0, len(self.arms)))
         if self.kind == "gbm":
             return self._gbm_proba(self.gbm_dense(X))
+        if self.kind in ("knn", "ensemble"):
+            start, stop = self._emb_cols
+            emb = np.asarray(X[:, start:stop].toarray())
+            out = np.empty((X.shape[0], len(self.arms)))
+            logits = self._logits_batch(X) if self.kind == "ensemble" else None
+            for s0 in range(0, X.shape[0], 512):  # bounded memory: 512 × n similarities at a time
+                out[s0:s0 + 512] = self._combine(None if logits is None else logits[s0:s0 + 512], emb[s0:s0 + 512])
+            return out
         return sigmoid(self._logits_batch(X))
 
     def predict(self, prompts: Sequence[str]) -> np.ndarray:

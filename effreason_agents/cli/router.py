@@ -77,7 +77,7 @@ def two_arm_lines(r: dict[str, Any]) -> list[str]:
 def router_train(
     data: str = DataOpt, fmt: Optional[str] = FormatOpt, weak: Optional[str] = WeakOpt, strong: Optional[str] = StrongOpt,
     arms: Optional[list[str]] = ArmsOpt,
-    model: list[str] = typer.Option(["auto"], "--model", help="auto (logistic, mf, gbm, mlp; the best by cross-validation) or one or more of those."),
+    model: list[str] = typer.Option(["auto"], "--model", help="auto (logistic, mf, gbm, mlp, knn, ensemble; the best by cross-validation) or one or more of those."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Add all-MiniLM-L6-v2 sentence embeddings to the TF-IDF and hand features (train extra)."),
     cv: int = typer.Option(5, "--cv", min=2, help="Folds (by prompt) for model selection."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and the models."),
@@ -120,26 +120,81 @@ def router_train(
     out.print(f"artifact: {result['artifact']}", highlight=False)
 
 
+def _interval_text(boot: Any) -> str:
+    if not isinstance(boot, dict) or not isinstance(boot.get("low"), (int, float)):
+        return ""
+    return f"[{boot['low']:.3f}, {boot['high']:.3f}]"
+
+
+def _eval_lines(r: dict[str, Any]) -> list[str]:
+    """``two_arm_lines`` with the bootstrap interval of the router's APGR after its value."""
+    boot = r.get("bootstrap")
+    if not isinstance(boot, dict):
+        return two_arm_lines(r)
+
+    def f(x: Any, pct: bool = False) -> str:
+        if not isinstance(x, (int, float)):
+            return "–"
+        return f"{x:.1%}" if pct else f"{x:.3f}"
+
+    label = f"{boot.get('level', 0.95):.0%} interval"
+    rows = [("router", r, _interval_text(boot))]
+    rows += [(name, b, "") for name, b in (r.get("baselines") or {}).items() if isinstance(b, dict) and "apgr" in b]
+    lines = [f"{'policy':<10} {'APGR':>7} {label:<16} {'CPT(50%)':>9} {'CPT(80%)':>9}"]
+    for name, m, interval in rows:
+        lines.append(f"{name:<10} {f(m.get('apgr')):>7} {interval:<16} {f(m.get('cpt50'), True):>9} "
+                     f"{f(m.get('cpt80'), True):>9}")
+    return lines
+
+
+def _group_names(groups: list[Any], limit: int = 4) -> str:
+    names = ["(no value)" if g is None else str(g) for g in groups]
+    if len(names) <= limit + 1:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", … ({len(names) - limit} more)"
+
+
 @router_app.command("eval")
 def router_eval(
-    data: str = DataOpt, fmt: Optional[str] = FormatOpt, weak: Optional[str] = WeakOpt, strong: Optional[str] = StrongOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Logged outcomes to cross-validate on: the outcome store ('store' or a .sqlite path), a long JSONL/CSV (prompt, arm|model, correct|score), or a RouteLLM wide CSV."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Train on these outcomes (with --test, instead of --data)."),
+    test_file: Optional[str] = typer.Option(None, "--test", help="Evaluate on these outcomes; prompts also in --train are left out. Same arms as --train."),
+    fmt: Optional[str] = FormatOpt, weak: Optional[str] = WeakOpt, strong: Optional[str] = StrongOpt,
     arms: Optional[list[str]] = ArmsOpt,
-    model: str = typer.Option("logistic", "--model", help="logistic, mf, gbm or mlp."),
+    split_by: Optional[str] = typer.Option(None, "--split-by", help="With --data: hold out whole groups of this metadata column (e.g. subject) — --cv folds of groups, no group on both sides of a fold."),
+    model: str = typer.Option("logistic", "--model", help="Router model kind: logistic, knn, ensemble (logistic + knn), mf, gbm or mlp."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Add MiniLM sentence embeddings (train extra)."),
-    cv: int = typer.Option(5, "--cv", min=2, help="Folds, split by prompt."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the folds and the model."),
+    cv: int = typer.Option(5, "--cv", min=2, help="Folds: of prompts, or of groups with --split-by."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds, the model and the bootstrap."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the 95% interval of APGR (0: no interval)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write eval.json and pgr.png here."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Cross-validated RouteLLM metrics of a router model on logged outcomes.
+    """Held-out RouteLLM metrics of a router model on logged outcomes.
 
-    APGR, CPT(50%), CPT(80%) and AUC, with random and oracle baselines; for many arms, the cost/accuracy hull of its policy.
+    Protocols: k-fold cross-validation by prompt (--data), whole groups held out (--data --split-by subject), or train on one file and test on another (--train --test). Reports APGR with a bootstrap 95% interval, CPT(50%), CPT(80%) and AUC, with random and oracle baselines; for many arms, the cost/accuracy hull of its policy.
     """
-    from router_training.train import evaluate
+    from router_training.models import KINDS
+    from router_training.protocols import evaluate_protocol
 
     try:
-        table = _router_table(data, fmt, weak, strong, arms)
-        r = evaluate(table, model, k=cv, seed=seed, weak=weak, strong=strong, embeddings=embeddings)
+        if model not in KINDS:
+            raise EffReasonError(f"unknown --model {model!r}; choose one of {', '.join(KINDS)}")
+        if data is not None and (train_file is not None or test_file is not None):
+            raise EffReasonError("give either --data (k folds, or --split-by COLUMN) or --train and --test, not both")
+        if (train_file is None) != (test_file is None):
+            raise EffReasonError("give --train and --test together: the router is fitted on --train and scored on --test")
+        if data is None and train_file is None:
+            raise EffReasonError("no data: give --data FILE (k-fold, or --split-by COLUMN), or --train FILE --test FILE")
+        if split_by is not None and data is None:
+            raise EffReasonError("--split-by holds out groups of --data; with --train/--test the test file is already held out")
+        if data is not None:
+            r = evaluate_protocol(_router_table(data, fmt, weak, strong, arms), model, k=cv, seed=seed,
+                                  column=split_by, weak=weak, strong=strong, embeddings=embeddings, n_boot=bootstrap)
+        else:
+            r = evaluate_protocol(None, model, seed=seed, train=_router_table(str(train_file), fmt, weak, strong, arms),
+                                  test=_router_table(str(test_file), fmt, weak, strong, arms), weak=weak,
+                                  strong=strong, embeddings=embeddings, n_boot=bootstrap)
         if out_dir is not None:
             from effreason_agents.adapters.atomic import write_json
             from router_training.evaluate import plot_pgr
@@ -155,8 +210,8 @@ def router_eval(
     except EffReasonError as exc:
         fail(exc)
     if json_out:
-        keep = ("apgr", "cpt50", "cpt80", "auc", "n", "baselines", "weak", "strong", "k", "arms", "model", "cost_unit",
-                "many_arm", "seconds")
+        keep = ("apgr", "cpt50", "cpt80", "auc", "n", "bootstrap", "baselines", "weak", "strong", "protocol", "k",
+                "seed", "arms", "model", "cost_unit", "many_arm", "seconds", "notes")
         doc = {k: r[k] for k in keep if k in r}
         doc["baselines"] = {name: {k: v for k, v in b.items() if k != "curve"} if isinstance(b, dict) else b
                             for name, b in (r.get("baselines") or {}).items()}  # curves: eval.json with --out
@@ -164,12 +219,24 @@ def router_eval(
             doc["many_arm"] = {k: v for k, v in doc["many_arm"].items() if k != "points"}
         print_json(doc)
         return
-    out.print(f"{model} router, {cv}-fold cross-validation by prompt, n = {r.get('n')}"
+    protocol = r.get("protocol") or {}
+    out.print(f"{model} router, {protocol.get('description')}, n = {r.get('n')}"
               f" (weak {r.get('weak')}, strong {r.get('strong')}):", highlight=False)
-    for line in two_arm_lines(r):
+    for fold in protocol.get("folds") or []:
+        groups = fold.get("groups") or []
+        out.print(f"  fold {fold['fold'] + 1}: {fold['n_test']} test prompts, {len(groups)} group"
+                  f"{'s' if len(groups) != 1 else ''}: {_group_names(groups)}", highlight=False)
+    for line in _eval_lines(r):
         out.print(line, highlight=False)
     if r.get("auc") is not None:
         out.print(f"AUC {r['auc']:.3f}", highlight=False)
+    boot = r.get("bootstrap")
+    if isinstance(boot, dict):
+        skipped = f"; {boot['skipped']} without a performance gap skipped" if boot.get("skipped") else ""
+        out.print(f"interval: percentile bootstrap over the {r.get('n')} scored prompts, {boot['n_boot']} resamples"
+                  f" (seed {r.get('seed')}{skipped})", highlight=False)
+    for note in r.get("notes") or []:
+        out.print(f"note: {note}", highlight=False)
 
 
 @router_app.command("calibrate")
@@ -208,3 +275,13 @@ def router_calibrate(
         print(f"{pt['value']:>8.3g} {pt['accuracy']:>9.3f} {pt['mean_cost']:>10.4g}  {share}{mark}")
     out.print(f"policy written to {router_dir / 'card.json'}: {r['policy']['kind']} "
               f"{r['policy'].get('tau', r['policy'].get('lambda'))} ({r['policy']['target']})", highlight=False)
+
+
+from effreason_agents.cli.router_loop import router_retrain, router_status  # noqa: E402  (they join router_app)
+
+router_app.command("status")(router_status)
+router_app.command("retrain")(router_retrain)
+
+from effreason_agents.cli.cascade import router_cascade  # noqa: E402  (it joins router_app)
+
+router_app.command("cascade")(router_cascade)

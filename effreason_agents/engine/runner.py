@@ -366,6 +366,18 @@ class AttemptRunner:
             services.calibrators, arm["tier"], arm["strategy"], signals,
             has_answer=parsed.answer is not None, answer_method=parsed.method,
         )
+        scorer = services.scorer
+        if scorer is not None and scorer.applies(arm["name"], arm["tier"], tier.model):
+            # the cascade scorer judges the reply; the signals keep its value and the calibrated one apart
+            from effreason_agents.adapters.scorer import CALIBRATED_SIGNAL, SCORER_SIGNAL
+
+            p_right = scorer.predict(question, c.text, signals,
+                                     answer_type=answer_type_of((features or {}).get("type")))
+            signals[CALIBRATED_SIGNAL] = conf
+            signals[SCORER_SIGNAL] = p_right
+            # replace: the scorer's fitted threshold applies, unless the run or the config sets one
+            conf, method, calibrator = policy.scored_confidence(conf, method, calibrator, scorer, p_right,
+                                                                self.config.escalation.scorer_mode)
         attempt.update(
             model=c.model,
             input_tokens=c.input_tokens + extra.input_tokens,

@@ -1,8 +1,8 @@
 """Services: what every front end shares for one configuration.
 
 One :class:`Services` holds the configuration, one client per tier, the budget
-ledger, the outcome store, the calibrators and the router, each opened on first
-use. Graph nodes, :class:`~effreason_agents.langchain.chat_model.ChatCostAware`
+ledger, the outcome store, the calibrators, the router and the cascade scorer, each
+opened on first use. Graph nodes, :class:`~effreason_agents.langchain.chat_model.ChatCostAware`
 and :class:`~effreason_agents.langchain.middleware.CostAwareMiddleware` take one
 and share it; it is safe to share across threads.
 """
@@ -38,6 +38,8 @@ class Services:
     _calibrators: CalibratorSet | None = None
     _router: Any = None
     _router_loaded: bool = False
+    _scorer: Any = None
+    _scorer_loaded: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -88,13 +90,51 @@ class Services:
 
 
                     arms = [a.name for a in self.config.ladder]
+                    if self.config.escalation.next == "value":  # value mode may also start at its extra arms
+                        arms += [a.name for a in self.config.escalation.value_arms if a.name not in arms]
                     try:
                         self._router = Router.load(path, arms=arms)
+                        if self.config.router.target_share is not None:  # the threshold follows recent traffic
+                            from effreason_agents.adapters.router_target import targeted
+
+                            self._router = targeted(self._router, self.config)
                     except RouterError as exc:
 
                         logger.warning("router not used: %s", exc)
                         warnings.warn(f"router not used: {exc}", stacklevel=3)
             return self._router
+
+    @property
+    def scorer(self) -> Any:
+        """The configured cascade scorer (:class:`~effreason_agents.adapters.scorer.CascadeScorer`,
+        ``escalation.scorer``), or ``None``. An artifact that cannot be used (missing,
+        corrupted, another version) is refused with a warning, and attempts keep the
+        calibrated confidence instead of failing; so is one that judges none of the
+        ladder's arms (by arm, tier or model name)."""
+        with self._lock:
+            if not self._scorer_loaded:
+                self._scorer_loaded = True
+                path = self.config.escalation.scorer
+                if path:
+                    from effreason_agents.adapters.scorer import CalibratorError, CascadeScorer
+
+                    try:
+                        scorer = CascadeScorer.load(path)
+                    except CalibratorError as exc:
+                        logger.warning("cascade scorer not used: %s", exc)
+                        warnings.warn(f"cascade scorer not used: {exc}", stacklevel=3)
+                    else:
+                        ladder = [(a.name, a.tier, self.config.tiers[a.tier].model) for a in self.config.ladder
+                                  if a.tier in self.config.tiers]
+                        if any(scorer.applies(*arm) for arm in ladder):
+                            self._scorer = scorer
+                        else:
+                            msg = (f"cascade scorer {path!r} judges {', '.join(scorer.applies_to)}, none of the "
+                                   f"ladder's arms ({', '.join(a for a, _, _ in ladder)}); refit it on those arms' "
+                                   "outcomes or pass --applies-to to `effreason router cascade`")
+                            logger.warning("cascade scorer not used: %s", msg)
+                            warnings.warn(f"cascade scorer not used: {msg}", stacklevel=3)
+            return self._scorer
 
     def close(self) -> None:
         with self._lock:

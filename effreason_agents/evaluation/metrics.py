@@ -6,6 +6,8 @@ Three groups, each function documenting its definition:
 * two-model routing as in RouteLLM (Ong et al. 2024): the PGR curve of a router,
   a random router and an oracle (:func:`router_curve`, :func:`random_curve`,
   :func:`oracle_curve`), :func:`apgr`, :func:`cpt` and :func:`two_arm_summary`;
+  :func:`bootstrap_apgr` puts a percentile interval around a router's APGR (and
+  around its difference from another router on the same items);
 * many arms as in RouterBench (Hu et al. 2024): :func:`cost_accuracy_hull`,
   :func:`hull_area` (AIQ) and :func:`many_arm_baselines`.
 
@@ -49,6 +51,7 @@ __all__ = [
     "apgr",
     "cpt",
     "two_arm_summary",
+    "bootstrap_apgr",
     "cost_accuracy_hull",
     "hull_area",
     "many_arm_baselines",
@@ -317,6 +320,143 @@ def two_arm_summary(
     for name, curve in curves.items():
         out[name] = _policy(curve)
     out["curves"] = curves
+    return out
+
+
+# -- bootstrap intervals -----------------------------------------------------------------
+
+# Resamples processed at once: bounds the (chunk × items) count matrices to a few MB.
+_BOOT_CHUNK = 128
+
+
+class _Ordering:
+    """A router's items sorted once by descending score, split into groups of tied scores:
+    what :func:`router_curve` interpolates over, prepared for many resamples."""
+
+    def __init__(self, sc: np.ndarray, gains: np.ndarray) -> None:
+        self.order = np.argsort(-sc, kind="stable")
+        ss = sc[self.order]
+        self.starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+        self.gains = gains[self.order]
+
+    def apgrs(self, counts: np.ndarray, targets: np.ndarray, cs: np.ndarray) -> np.ndarray:
+        """APGR (trapezoid over the shares ``cs``, gains read at ``targets`` = ``cs·n``) for each
+        row of ``counts`` (how many times each item was drawn). A resample's curve is
+        :func:`router_curve`'s: linear across each group of tied scores, so a group's drawn
+        items count by their totals. NaN where the resample has no performance gap."""
+        c = counts[:, self.order]
+        size = np.add.reduceat(c, self.starts, axis=1)
+        gain = np.add.reduceat(c * self.gains, self.starts, axis=1)
+        b = len(c)
+        zeros = np.zeros((b, 1), dtype=size.dtype)
+        k = np.concatenate([zeros, np.cumsum(size, axis=1)], axis=1)
+        g = np.concatenate([zeros, np.cumsum(gain, axis=1)], axis=1)
+        gap = g[:, -1].astype(float)
+        widths = np.diff(cs)
+        out = np.full(b, np.nan)
+        for r in range(b):
+            if gap[r] == 0:
+                continue
+            # First breakpoint at or past each target: the target lies in (k[idx-1], k[idx]].
+            idx = np.searchsorted(k[r], targets, side="left")
+            lo = np.maximum(idx - 1, 0)
+            k0, k1, g0, g1 = k[r, lo], k[r, idx], g[r, lo], g[r, idx]
+            span = np.where(k1 > k0, k1 - k0, 1)
+            pgr = np.where(idx == 0, 0.0, g0 + (targets - k0) * (g1 - g0) / span) / gap[r]
+            out[r] = float(np.sum(widths * (pgr[1:] + pgr[:-1]) / 2.0))
+        return out
+
+
+def _scores_array(scores: Sequence[float], n: int, what: str) -> np.ndarray:
+    if len(scores) != n:
+        raise MetricsError(f"{what} has {len(scores)} values for {n} items")
+    sc = np.asarray([float(x) for x in scores], dtype=float)
+    if not np.all(np.isfinite(sc)):
+        raise MetricsError(f"{what} must be finite numbers (found NaN or infinity)")
+    return sc
+
+
+def bootstrap_apgr(
+    weak: Sequence[bool],
+    strong: Sequence[bool],
+    scores: Sequence[float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    baseline_scores: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """A bootstrap percentile interval for a router's APGR.
+
+    ``apgr`` is the router's APGR on the items as given — exactly
+    ``two_arm_summary(weak, strong, scores)["router"]["apgr"]`` (101 shares, ties as in
+    :func:`router_curve`). Each of ``n_boot`` resamples draws ``n`` items with
+    replacement (seeded by ``seed``) and recomputes APGR by the same definition on
+    the resampled items; ``low`` and ``high`` are the ``(1 − level)/2`` and
+    ``(1 + level)/2`` percentiles (numpy's ``"linear"`` method) of those values.
+    A resample whose weak and strong accuracies are equal has no PGR: it is skipped
+    and counted in ``skipped`` (``low``/``high`` are ``None`` when every resample is).
+
+    With ``baseline_scores`` (another router's scores on the same items), the
+    comparison is paired — both routers are scored on each resample: ``diff`` is
+    APGR(router) − APGR(baseline) on the items as given, ``diff_low``/``diff_high``
+    the percentile interval of the per-resample differences, and ``p_better`` the
+    share of (non-skipped) resamples where the router's APGR exceeds the
+    baseline's by more than 1e-12 (identical routers give 0).
+
+    Returns ``{"apgr", "low", "high", "n_boot", "level", "skipped"}`` plus ``{"diff",
+    "diff_low", "diff_high", "p_better"}`` with a baseline. Raises
+    :class:`PGRUndefinedError` when the two accuracies are equal on the items as
+    given, :class:`MetricsError` on mismatched lengths, non-finite scores,
+    ``n_boot < 1`` or a ``level`` outside (0, 1).
+    """
+    w, s = _check_pair(weak, strong)
+    n = len(w)
+    sc = _scores_array(scores, n, "scores")
+    base = None if baseline_scores is None else _scores_array(baseline_scores, n, "baseline_scores")
+    n_boot = int(n_boot)
+    if n_boot < 1:
+        raise MetricsError(f"n_boot must be at least 1 (got {n_boot})")
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise MetricsError(f"level must be a fraction between 0 and 1, e.g. 0.95 (got {level})")
+    point = apgr(router_curve(weak, strong, sc.tolist()))
+    gains = s - w
+    cs = _grid(101)
+    targets = cs * n
+    mine = _Ordering(sc, gains)
+    theirs = None if base is None else _Ordering(base, gains)
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    other = np.empty(n_boot)
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        b = min(_BOOT_CHUNK, n_boot - start)
+        draws = rng.integers(0, n, size=(b, n))
+        counts = np.bincount((draws + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+        values[start:start + b] = mine.apgrs(counts, targets, cs)
+        if theirs is not None:
+            other[start:start + b] = theirs.apgrs(counts, targets, cs)
+    ok = np.isfinite(values)
+    q = (100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0)
+
+    def interval(x: np.ndarray) -> tuple[float | None, float | None]:
+        if x.size == 0:
+            return None, None
+        lo, hi = np.percentile(x, q, method="linear")
+        return float(lo), float(hi)
+
+    low, high = interval(values[ok])
+    out: dict[str, Any] = {"apgr": point, "low": low, "high": high, "n_boot": n_boot, "level": level,
+                           "skipped": int((~ok).sum())}
+    if base is not None:
+        diffs = values[ok] - other[ok]
+        d_low, d_high = interval(diffs)
+        out.update({
+            "diff": point - apgr(router_curve(weak, strong, base.tolist())),
+            "diff_low": d_low,
+            "diff_high": d_high,
+            "p_better": float(np.mean(diffs > 1e-12)) if diffs.size else None,
+        })
     return out
 
 

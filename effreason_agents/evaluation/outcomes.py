@@ -12,12 +12,15 @@ Three formats, one loader (:func:`load_table`):
     the item's question, the arm, ``correct``, ``cost_usd``, ``input_tokens``,
     ``output_tokens`` and ``latency_s``; every run by default, one ``run_id``, or the
     newest run (``latest=True``). The full graph (arm ``graph``) is not an arm a
-    router can pick, so it is left out.
+    router can pick, so it is left out. The run's ``suite``, the item's
+    ``difficulty`` and ``answer_type`` are kept per prompt in :attr:`OutcomeTable.groups`.
 ``long``
     JSONL or CSV, one row per (prompt, arm) outcome: ``prompt``; ``arm`` (or
     ``model``); ``correct`` (a boolean: true/false, 1/0, yes/no, any case) or
     ``score`` (a number in [0, 1]); optional ``output_tokens`` (or ``tokens``) and
-    ``cost_usd`` (or ``cost``). Other columns are ignored.
+    ``cost_usd`` (or ``cost``); optional metadata columns named in
+    :data:`GROUP_COLUMNS` (``subject``, ``category``, ``split``, …), kept per prompt in
+    :attr:`OutcomeTable.groups`. Other columns are ignored.
 ``wide``
     RouteLLM's published CSV, one row per prompt: ``prompt``; one column per model
     id holding True/False (or 1/0, yes/no, or a score in [0, 1]); optional
@@ -25,9 +28,11 @@ Three formats, one loader (:func:`load_table`):
     when present, are kept (:attr:`OutcomeTable.responses`) and give the output token
     count of that model's reply (:func:`effreason_agents.adapters.tiers.estimate_tokens`:
     o200k BPE, or a bytes/3 bound without ``bpe-openai``; a note and
-    :attr:`OutcomeTable.token_method` say which). Metadata columns (``sample_id``,
-    ``eval_name``, ``gold``, an index column, …) and any column whose values are
-    mostly not labels are ignored (a note names them). An empty cell means "this
+    :attr:`OutcomeTable.token_method` say which). Metadata columns (``subject``,
+    ``category``, ``split``, ``eval_name``, ``sample_id``, ``gold``, an index column, …)
+    and any other column whose values are mostly not labels are not models: they
+    are kept per prompt in :attr:`OutcomeTable.groups` (a note names them), so that
+    evaluation can hold out whole subjects or splits. An empty cell means "this
     model has no result for this prompt" (``NaN`` in the table).
 
 Rules shared by every format:
@@ -41,6 +46,10 @@ Rules shared by every format:
   without a result for every arm (a note counts them); a repeated prompt keeps its
   first row (first result per arm), since averaging two different booleans would
   not give one;
+* metadata (:attr:`OutcomeTable.groups`) is one value per prompt: when a repeated
+  prompt carries a different value than its first row, the first value stands and a
+  note counts the conflicts; an empty cell is ``None``, and a column without a value
+  on any prompt is not kept;
 * ``arms`` selects and orders the arms (unknown names are an error listing the
   available ones); prompts left with no label for any selected arm are dropped
   (with a note);
@@ -62,6 +71,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -77,6 +87,7 @@ from effreason_agents.errors import EffReasonError, OutcomeDataError, StoreError
 __all__ = [
     "FORMATS",
     "GRAPH_ARM",
+    "GROUP_COLUMNS",
     "TOKENS_LOGGED",
     "OutcomeDataError",
     "OutcomeTable",
@@ -105,6 +116,9 @@ _RESPONSE_SUFFIX = "_response"
 _WIDE_METADATA = re.compile(
     r"^(?:|unnamed: ?\d+|index|id|sample_id|eval_name|gold|answer|examples|category|subject|difficulty|split)$", re.I
 )
+#: Metadata columns of the long format kept in :attr:`OutcomeTable.groups` (matched case-insensitively).
+#: The wide format keeps every column that is not the prompt, a model or a reply.
+GROUP_COLUMNS = ("subject", "category", "split", "difficulty", "eval_name", "task", "dataset", "domain", "suite")
 _STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _MATRICES = ("cost", "tokens", "input_tokens", "latency_s")
@@ -127,8 +141,11 @@ class OutcomeTable:
     is none), for the arms whose replies were logged. ``token_method`` says how
     ``tokens`` were obtained (:data:`TOKENS_LOGGED`, or the tokenizer that counted
     the replies). ``run_id`` and ``config_version`` are set when the table holds one
-    benchmark run. Prompts are unique (de-duplicated by exact text after stripping),
-    so folds over rows are folds by prompt.
+    benchmark run. ``groups`` maps a metadata column (``subject``, ``split``, …) to
+    its value per prompt (``None`` where the cell was empty), for evaluations that
+    hold out whole groups (``router_training.protocols.holdout_groups``). Prompts are
+    unique (de-duplicated by exact text after stripping), so folds over rows are
+    folds by prompt.
     """
 
     prompts: list[str]
@@ -144,6 +161,7 @@ class OutcomeTable:
     token_method: str | None = None
     run_id: str | None = None
     config_version: str | None = None
+    groups: dict[str, list[str | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, a = len(self.prompts), len(self.arms)
@@ -166,6 +184,11 @@ class OutcomeTable:
                 raise ValueError(f"responses of {arm!r}, which is not one of the arms {self.arms}")
             if len(texts) != n:
                 raise ValueError(f"responses of {arm!r} has {len(texts)} entries, expected {n}")
+        for column, values in self.groups.items():
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"group column names must be non-empty text, got {column!r}")
+            if len(values) != n:
+                raise ValueError(f"group column {column!r} has {len(values)} values, expected {n}")
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -185,6 +208,7 @@ class OutcomeTable:
             latency_s=pick(self.latency_s),
             responses={a: [self.responses[a][i] for i in idx] for a in arms if a in self.responses},
             token_method=self.token_method, run_id=self.run_id, config_version=self.config_version,
+            groups={c: [v[i] for i in idx] for c, v in self.groups.items()},
         )
 
     def mean_cost(self) -> dict[str, float | None]:
@@ -205,7 +229,11 @@ class OutcomeTable:
         return [Decimal(repr(float(v))) if math.isfinite(v) else None for v in self.cost[:, j]]
 
     def sha256(self) -> str:
-        """A hash of the training data (prompts, arms, labels), for the artifact card."""
+        """A hash of the training data (prompts, arms, labels), for the artifact card.
+
+        Costs, token counts, replies and :attr:`groups` are left out on purpose: they do
+        not change what a router learns, so the same outcomes read from a file with or
+        without a ``subject`` column (or with a cost column added) hash the same."""
         blob = json.dumps(
             {"prompts": self.prompts, "arms": self.arms,
              "correct": [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in self.correct]},
@@ -280,6 +308,20 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
+def _group_value(value: Any) -> str | None:
+    """A metadata cell as text: ``None`` when empty, booleans as ``true``/``false``, numbers
+    as Python writes them, other JSON values as compact JSON."""
+    if _is_empty(value):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _at(p: Path, row: int, line: int) -> str:
     """``"<file>: row R"``, with ``(line L)`` when the editor line differs from the row number."""
     return f"{p}: row {row}" + (f" (line {line})" if line != row else "")
@@ -292,7 +334,9 @@ def _at(p: Path, row: int, line: int) -> str:
 class _Cells:
     """Sums and counts of labels (and costs, token counts, latencies) per (prompt, arm),
     in first-seen order. ``first=True`` keeps the first label of a (prompt, arm) instead
-    of averaging, and counts the later ones in ``dropped``."""
+    of averaging, and counts the later ones in ``dropped``. ``groups`` holds metadata
+    values per (column, prompt): the first value stands, a later different one is
+    counted in ``conflicts``."""
 
     first: bool = False
     prompts: dict[str, int] = field(default_factory=dict)
@@ -300,6 +344,8 @@ class _Cells:
     values: dict[str, dict[tuple[int, int], list[float]]] = field(
         default_factory=lambda: {k: {} for k in ("label", *_MATRICES)}
     )
+    groups: dict[str, dict[int, str | None]] = field(default_factory=dict)
+    conflicts: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     repeated_rows: int = 0  # wide: rows whose prompt came before
     dropped: int = 0  # first=True: later results of a (prompt, arm) left out
@@ -327,6 +373,26 @@ class _Cells:
             acc = self.values[name].setdefault((i, j), [0.0, 0])
             acc[0] += value
             acc[1] += 1
+
+    def group(self, i: int, column: str, value: str | None) -> None:
+        """Record prompt ``i``'s value of metadata ``column`` (``None``: empty cell). The first
+        value stands; an empty first value is filled by a later one; a later different value
+        is counted as a conflict."""
+        values = self.groups.setdefault(column, {})
+        old = values.get(i)
+        if old is None:
+            values[i] = value
+        elif value is not None and value != old:
+            self.conflicts[column] = self.conflicts.get(column, 0) + 1
+
+    def group_lists(self) -> dict[str, list[str | None]]:
+        """Each metadata column with at least one value, as a value per prompt."""
+        n = len(self.prompts)
+        out: dict[str, list[str | None]] = {}
+        for column, values in self.groups.items():
+            if any(v is not None for v in values.values()):
+                out[column] = [values.get(i) for i in range(n)]
+        return out
 
     def merged(self) -> int:
         """Labels beyond the first for each (prompt, arm): how many were averaged away."""
@@ -381,6 +447,11 @@ def _finish(
             f"{cells.dropped} results repeating an earlier question for the same arm left out "
             "(the first result stands; questions compared after stripping whitespace)"
         )
+    for column, count in cells.conflicts.items():
+        notes.append(
+            f"column {column!r}: {count} repeated prompt{'s' if count != 1 else ''} carried a different value "
+            "than the prompt's first row; the first value was kept"
+        )
     texts = responses or {}
     n = len(cells.prompts)
     table = OutcomeTable(
@@ -388,6 +459,7 @@ def _finish(
         source, notes, input_tokens=cells.matrix("input_tokens"), latency_s=cells.matrix("latency_s"),
         responses={a: [texts[a].get(i) for i in range(n)] for a in cells.arms if a in texts},
         token_method=token_method if cells.values["tokens"] else None, run_id=run_id, config_version=config_version,
+        groups=cells.group_lists(),
     )
     return _checked(table, where, notes, complete=complete)
 
@@ -590,7 +662,9 @@ def load_long(path: str | Path) -> OutcomeTable:
     (``arm`` wins when both are present); ``correct`` (a boolean) or ``score`` (a
     number in [0, 1]) — with both columns, a row may fill either, ``correct`` winning;
     optional ``output_tokens`` (or ``tokens``) and ``cost_usd`` (or ``cost``): empty
-    means unknown, otherwise a non-negative number.
+    means unknown, otherwise a non-negative number. Columns named in
+    :data:`GROUP_COLUMNS` are kept per prompt in :attr:`OutcomeTable.groups` (under
+    their lower-case name).
     """
     p = Path(path)
     header, records = _long_records(p)
@@ -652,7 +726,11 @@ def load_long(path: str | Path) -> OutcomeTable:
         tokens = _number(rec.get(tok_col), where, tok_col, "a token count (a non-negative number)") if tok_col else None
         cost = _number(rec.get(cost_col), where, cost_col, "a cost (a non-negative number)") if cost_col else None
         cells.rows += 1
-        cells.add(cells.prompt(prompt_raw.strip()), cells.arm(arm), label, cost=cost, tokens=tokens)
+        i = cells.prompt(prompt_raw.strip())
+        cells.add(i, cells.arm(arm), label, cost=cost, tokens=tokens)
+        for column in GROUP_COLUMNS:
+            if column in rec:
+                cells.group(i, column, _group_value(rec[column]))
     if cells.rows == 0:
         raise OutcomeDataError(f"{p}: no data rows" + (" after the header" if header is not None else ""))
     return _finish(cells, str(p), notes, str(p), token_method=TOKENS_LOGGED)
@@ -669,9 +747,10 @@ def load_wide(path: str | Path, *, complete: bool = False) -> OutcomeTable:
     ``id``, ``examples``, ``category``, ``subject``, ``difficulty``, ``split``, unnamed
     index columns) and at least half of its non-empty cells are labels (a boolean
     spelling or a number in [0, 1]); then every non-empty cell must be one. Empty cells
-    are missing results (``NaN``). ``<model>_response`` texts, when present, are kept in
-    :attr:`OutcomeTable.responses` and give the output token counts (``tokens``);
-    there are no costs.
+    are missing results (``NaN``). Every other named column (metadata, or mostly not
+    labels) is kept per prompt in :attr:`OutcomeTable.groups`, under its header name.
+    ``<model>_response`` texts, when present, are kept in :attr:`OutcomeTable.responses`
+    and give the output token counts (``tokens``); there are no costs.
 
     ``complete=True``: every model cell of every row must be a boolean (an empty cell
     or a score is an error naming the row and column), and a repeated prompt keeps its
@@ -709,9 +788,9 @@ def load_wide(path: str | Path, *, complete: bool = False) -> OutcomeTable:
             f"found {len(models)}" + (f": {', '.join(repr(m) for m in models)}" if models else "")
             + f" (columns: {', '.join(repr(h) for h in header)})"
         )
-    ignored = metadata + skipped
-    if ignored:
-        notes.append(f"ignored columns that are not model labels: {', '.join(ignored)}")
+    kept = metadata + skipped
+    if kept:
+        notes.append(f"columns that are not model labels, kept as metadata (groups): {', '.join(kept)}")
     with_text = [m for m in models if m + _RESPONSE_SUFFIX in col]
     stray = [h for h in header if h.endswith(_RESPONSE_SUFFIX) and h[: -len(_RESPONSE_SUFFIX)] not in models]
     if stray:
@@ -756,11 +835,15 @@ def load_wide(path: str | Path, *, complete: bool = False) -> OutcomeTable:
         if prompt in first_row:
             if complete:
                 dupes.append(f"{n} (same as row {first_row[prompt]})")
+                for h in kept:
+                    cells.group(cells.prompt(prompt), h, _group_value(cell(r, h)))
                 continue
             cells.repeated_rows += 1
         else:
             first_row[prompt] = n
         i = cells.prompt(prompt)
+        for h in kept:
+            cells.group(i, h, _group_value(cell(r, h)))
         cells.rows += 1
         for j, m in enumerate(models):
             if m not in labels:
@@ -781,8 +864,15 @@ def load_wide(path: str | Path, *, complete: bool = False) -> OutcomeTable:
 # -- store ------------------------------------------------------------------------------
 
 
+def _logged_at(stamp: str) -> datetime:
+    """A logged ISO timestamp as an aware datetime (a naive one is UTC)."""
+    t = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
 def load_store(
-    path: str | Path, *, run_id: str | None = None, latest: bool = False, complete: bool = False
+    path: str | Path, *, run_id: str | None = None, latest: bool = False, complete: bool = False,
+    since: datetime | None = None,
 ) -> OutcomeTable:
     """Load graded benchmark results from the outcome store (opened read-only).
 
@@ -795,7 +885,11 @@ def load_store(
     question benchmarked in several runs (or under several item ids) is one prompt,
     its labels averaged per arm. ``complete=True``: the first result of each
     (question, arm) stands, and questions without a result for every arm are left out.
+    :attr:`OutcomeTable.groups` holds each question's ``suite`` (of the run that first
+    benchmarked it), ``difficulty`` and ``answer_type``. ``since`` (a datetime; naive
+    means UTC) keeps only the results recorded at or after it.
     """
+    cutoff = None if since is None else _logged_at(since.isoformat())
     if str(path) == "store":
         from effreason_agents.config import load_config
 
@@ -830,7 +924,7 @@ def load_store(
                     if str(a) != GRAPH_ARM:
                         cells.arm(str(a))
                 for res in store.bench_results(rid):
-                    if res.arm == GRAPH_ARM:
+                    if res.arm == GRAPH_ARM or (cutoff is not None and _logged_at(res.created_at) < cutoff):
                         continue
                     q = res.question.strip()
                     if not q:
@@ -845,9 +939,13 @@ def load_store(
                             f"{res.cost_usd!r} is not a number"
                         ) from None
                     cells.rows += 1
-                    cells.add(cells.prompt(q), cells.arm(res.arm), float(res.correct), cost=cost,
+                    i = cells.prompt(q)
+                    cells.add(i, cells.arm(res.arm), float(res.correct), cost=cost,
                               tokens=float(res.output_tokens), input_tokens=float(res.input_tokens),
                               latency_s=float(res.latency_s))
+                    cells.group(i, "suite", _group_value(run["suite"]))
+                    cells.group(i, "difficulty", _group_value(res.difficulty))
+                    cells.group(i, "answer_type", _group_value(res.answer_type))
     except StoreError as exc:
         raise OutcomeDataError(f"{p}: {exc}") from None
     except ValidationError as exc:
@@ -855,6 +953,8 @@ def load_store(
     one = runs[0] if len(runs) == 1 and (run_id is not None or latest) else None
     scope = (f"run {one['run_id']}, suite {one['suite']}" if one is not None
              else f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
+    if cutoff is not None:
+        scope += f", results since {cutoff.isoformat(timespec='seconds')}"
     if cells.rows == 0:
         raise OutcomeDataError(f"{p}: no benchmark results ({scope}); run `effreason bench` first")
     # Arms a run listed but never produced a result for carry no label: drop them.

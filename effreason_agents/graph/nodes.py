@@ -26,7 +26,8 @@ and the edges between them are the ``after_*`` functions of :class:`ReasoningNod
 
 Progress events: with ``stream_mode="custom"`` every run emits ``{"event": ...}`` dicts:
 ``arm_chosen`` (arm, difficulty, by classifier/router), ``attempt`` (arm, answer,
-confidence, cost so far, whether it escalates), ``escalation`` (to, after) and ``done``
+confidence, cost so far, whether it escalates), ``escalation`` (to, after; with
+``escalation.next = "value"`` also ``by`` and the ``ranking`` of the arms weighed) and ``done``
 (status, answer, total cost and tokens, arms tried).
 """
 
@@ -229,13 +230,20 @@ class ReasoningNodes:
 
     def plan_arms(self, question: str, answer_type: str = "number") -> list[dict[str, Any]]:
         """The usable ladder for ``question``: enabled tiers whose context fits it, each arm
-        with its prompt bound and priced worst case."""
+        with its prompt bound and priced worst case. With ``escalation.next = "value"`` the
+        ``escalation.value_arms`` that are not on the ladder follow it (the ladder's order stays)."""
         ladder = self.config.usable_ladder(self.services.environ)
         if not ladder:
             raise ConfigError("no enabled tier on the escalation ladder: enable a tier or set its API key")
+        planned = list(ladder)
+        if self.config.escalation.next == "value":
+            enabled = self.config.enabled_tiers(self.services.environ)
+            for extra_arm in self.config.escalation.value_arms:
+                if extra_arm.tier in enabled and extra_arm.name not in {a.name for a in planned}:
+                    planned.append(extra_arm)
         arms: list[dict[str, Any]] = []
         largest = 0
-        for arm in ladder:
+        for arm in planned:
             tier = self.config.tiers[arm.tier]
             client = self.services.clients[arm.tier]
             # the bound of the prompt the arm sends; the question's count plus an allowance
@@ -360,10 +368,30 @@ class ReasoningNodes:
                 "down_tiers": sorted(down), "retry": retry, "rung": current, "decision": Decision.SOLVE.value,
                 "decision_reason": f"retrying {state['arms'][current]['name']} with {retry['max_tokens']} tokens after truncation",
             }
+        tried = {i for i, arm in enumerate(state["arms"]) if any(a["arm"] == arm["name"] for a in attempts)}
+        if self.config.escalation.next == "value":
+            # the untried arm with the best predicted gain in P(correct) per expected cost, or stop
+            shared = self._shared_left(state.get("scopes") or [])
+            choice = policy.value_escalation(
+                state["arms"], attempts, state.get("difficulty"), self.config, self._budget(runtime),
+                _spent(attempts), down, tried=tried, extra=shared,
+                router_p=policy.router_predictions(self.services.router, state["question"]),
+            )
+            valued: dict[str, Any] = {"down_tiers": sorted(down), "decision_reason": choice.reason,
+                                      "skipped": list(state.get("skipped") or []) + choice.skipped()}
+            if choice.index is None:
+                over = [a for a in state["arms"] if a["name"] in choice.over_budget]
+                scope = policy.binding_scope(over, self._budget(runtime), _spent(attempts), shared) if over else None
+                stop = StopReason.BUDGET_EXHAUSTED if over else StopReason.LADDER_EXHAUSTED
+                valued.update(rung=current, decision=Decision.STOP.value, stop_reason=stop.value, budget_scope=scope)
+            else:
+                valued.update(rung=choice.index, decision=Decision.SOLVE.value)
+                emit(runtime, "escalation", to=state["arms"][choice.index]["name"], after=last["arm"], by="value",
+                     ranking=choice.ranking)
+            return valued
         # Escalate upwards; while nothing has answered yet (tiers failing), also fall back
         # to untried arms below, so the request still answers from what works.
         answered = any(not a.get("error") and a.get("answer") is not None for a in attempts)
-        tried = {i for i, arm in enumerate(state["arms"]) if any(a["arm"] == arm["name"] for a in attempts)}
         rung, skipped = policy.pick_arm(
             state["arms"], current + 1, self._budget(runtime), _spent(attempts), down,
             allow_below=not answered, exclude=tried, extra=self._shared_left(state.get("scopes") or []),
@@ -482,7 +510,7 @@ NODE_CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
     "solve": {"reads": ("question", "arms", "rung", "attempts", "retry", "features", "scopes", "request_id"),
               "writes": ("attempts", "retry", "decision", "decision_reason")},
     "assess": {"reads": ("attempts",), "writes": ("attempts", "decision", "decision_reason")},
-    "escalate": {"reads": ("attempts", "arms", "rung", "down_tiers", "skipped", "scopes"),
+    "escalate": {"reads": ("attempts", "arms", "rung", "down_tiers", "skipped", "scopes", "question", "difficulty"),
                  "writes": ("down_tiers", "skipped", "retry", "rung", "decision", "decision_reason")},
     "finalize": {"reads": ("attempts", "request_id", "difficulty", "decision_reason", "skipped"), "writes": ("result",)},
     "log": {"reads": ("result", "request_id", "question", "difficulty", "features", "attempts", "started_at"),
@@ -521,7 +549,8 @@ def assess(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[st
 
 
 def escalate(state: ReasoningState, runtime: Runtime[ReasoningContext]) -> dict[str, Any]:
-    """The next arm that fits the budget (or a larger-cap retry), or stop."""
+    """The next arm that fits the budget — the next rung, or with ``escalation.next = "value"``
+    the best predicted gain in P(correct) per expected cost — (or a larger-cap retry), or stop."""
     return default_nodes().escalate(state, runtime)
 
 

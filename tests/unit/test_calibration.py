@@ -332,3 +332,14 @@ def test_one_sigmoid_for_floats_and_arrays() -> None:
     # the router, the run-time calibrator and the fitter all use this one function
     assert router.sigmoid is runtime.sigmoid is fitting.sigmoid is sigmoid
     assert not any(hasattr(m, "_sigmoid") for m in (router, runtime, fitting))
+
+
+def test_judgments_logged_beside_the_signals_are_never_calibrator_features():
+    from effreason_agents.adapters.scorer import CALIBRATED_SIGNAL, SCORER_SIGNAL
+
+    rows = synthetic_rows(n=200, seed=5)
+    for r in rows:  # a scorer that knows the answer: a calibrator must still not learn from it
+        r["signals"] = {**r["signals"], SCORER_SIGNAL: float(r["correct"]), CALIBRATED_SIGNAL: 0.5 + 0.1 * r["correct"]}
+    art = fit_calibrator(rows, "small", "direct")
+    assert SCORER_SIGNAL not in art["training"]["candidate_features"]
+    assert CALIBRATED_SIGNAL not in art["training"]["candidate_features"]
