@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 Engine = Literal["embedded", "vllm", "openai", "openai-compatible"]
-StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot", "sc"]
+StrategyKind = Literal["direct", "cod", "cot", "concise-cot", "budget-cot", "sc", "bon"]
 SamplePrompt = Literal["direct", "cod", "cot", "concise-cot"]
 ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 Difficulty = Literal["easy", "medium", "hard"]
@@ -205,8 +205,9 @@ class StrategyConfig(_Model):
         default=None, gt=0, description="tokens a reasoning model may think before it must answer"
     )
     temperature: float = Field(default=0.0, ge=0, le=2)
-    samples: int = Field(default=8, ge=1, le=64, description="sc: the most samples drawn (the cap)")
-    sample_prompt: SamplePrompt = Field(default="cod", description="sc: the prompt family each sample uses")
+    samples: int = Field(default=8, ge=1, le=64, description="sc: the most samples drawn (the cap); bon: the "
+                         "candidates generated (N, at least 2)")
+    sample_prompt: SamplePrompt = Field(default="cod", description="sc, bon: the prompt family each sample uses")
     stop_rule: Literal["beta", "esc", "fixed"] = Field(
         default="beta",
         description="sc: when the majority is settled: 'beta' (Adaptive-Consistency), 'esc' (a unanimous "
@@ -214,12 +215,49 @@ class StrategyConfig(_Model):
     )
     stop_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="sc, beta rule: P(majority is the mode)")
     esc_window: int = Field(default=4, ge=2, le=64, description="sc, esc rule: samples per window")
+    round_tokens: int = Field(
+        default=32, description="bon: tokens each candidate generates per round before the partials are scored"
+    )
+    reject_fraction: float = Field(
+        default=0.5, description="bon: the share of still-running candidates dropped after each round, in (0, 1)"
+    )
+    reward: str | None = Field(
+        default=None, description="bon: a 'module:function' scoring (question, text) -> float; unset: the model's "
+        "own certainty (mean token logprob of the text)"
+    )
+    reward_url: str | None = Field(
+        default=None, description="bon: a reward-model endpoint: POST {question, text} -> {\"score\": float}"
+    )
+    reward_timeout_s: float = Field(default=10.0, gt=0, description="bon: seconds one reward-endpoint call may take")
 
     @model_validator(mode="after")
     def _sc_needs_temperature(self) -> "StrategyConfig":
         if self.kind == "sc" and self.temperature <= 0:
             raise ValueError("an sc strategy needs temperature > 0 (with 0 every sample is the same)")
+        if self.kind == "bon":
+            _check_bon(self)
         return self
+
+
+def _check_bon(s: StrategyConfig) -> None:
+    """A bon strategy's fields, checked at load so a bad one fails before any model call."""
+    if s.samples < 2:
+        raise ValueError(f"samples = {s.samples}: a bon strategy needs samples >= 2 (the N candidates it picks from)")
+    if not 0.0 < s.reject_fraction < 1.0:
+        raise ValueError(f"reject_fraction = {s.reject_fraction}: a bon strategy needs 0 < reject_fraction < 1 "
+                         "(the share of running candidates dropped after each round)")
+    if s.round_tokens < 1:
+        raise ValueError(f"round_tokens = {s.round_tokens}: a bon strategy needs round_tokens >= 1")
+    if s.temperature <= 0:
+        raise ValueError("temperature: a bon strategy needs temperature > 0 (with 0 every candidate is the same)")
+    if s.reward and s.reward_url:
+        raise ValueError("reward and reward_url: a bon strategy scores with one of them; remove the other")
+    if s.reward is not None:
+        module, _, func = s.reward.partition(":")
+        if not module or not func or not all(p.isidentifier() for p in module.split(".") + [func]):
+            raise ValueError(f"reward = {s.reward!r}: name a callable as 'module:function' (e.g. 'mypkg.rewards:score')")
+    if s.reward_url is not None and not s.reward_url.startswith(("http://", "https://")):
+        raise ValueError(f"reward_url = {s.reward_url!r}: give an http:// or https:// URL")
 
 
 class ArmConfig(_Model):
@@ -544,6 +582,8 @@ def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, A
             "budget-cot": {"kind": "budget-cot", "max_tokens": 384},
             "cod-fewshot": {"kind": "cod", "max_tokens": 160, "word_limit": 5, "few_shot": True},
             "sc": {"kind": "sc", "max_tokens": 24, "samples": 8, "sample_prompt": "direct", "temperature": 0.7},
+            "bon": {"kind": "bon", "max_tokens": 160, "samples": 4, "sample_prompt": "cod", "temperature": 0.7,
+                    "round_tokens": 32, "reject_fraction": 0.5},
         },
         "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
     }

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from effreason_agents.core.records import Scope
 
 __all__ = [
+    "AdapterError",
     "BenchError",
     "BudgetExhausted",
     "CalibratorError",
@@ -37,6 +38,7 @@ __all__ = [
     "ScorerError",
     "StoreError",
     "TierError",
+    "TuneError",
     "VirtualKeyError",
 ]
 
@@ -211,3 +213,11 @@ class EvaluationError(MetricsError):
 
 class RouterTrainError(EffReasonError, ValueError):
     """Training, evaluation or policy calibration cannot proceed (a clear reason is given)."""
+
+
+class TuneError(EffReasonError, ValueError):
+    """``effreason tune`` cannot run: its data file has a malformed line, or a setting is out of range (the message names the file and line)."""
+
+
+class AdapterError(EffReasonError, ValueError):
+    """A LoRA adapter cannot be used: the file is missing or corrupted, or it was tuned from another base model (the message names the file)."""

@@ -50,7 +50,7 @@ from effreason_agents.core.answer_features import FEATURES_VERSION, SIGNAL_FEATU
 from effreason_agents.errors import EffReasonError, RouterTrainError
 from effreason_agents.evaluation.metrics import auroc, bootstrap_apgr, two_arm_summary
 from effreason_agents.evaluation.outcomes import OutcomeTable, infer_format, load_table
-from router_training.evaluate import default_pair, prompt_folds
+from router_training.evaluate import EvaluationError, costs_for, default_pair, prompt_folds, resolve_pair
 
 __all__ = [
     "C_GRID",
@@ -181,19 +181,10 @@ def cascade_data(
     them). ``signals`` and ``answer_types``, when given, are per table row. Raises
     :class:`RouterTrainError` when the weak arm has no replies or nothing is left.
     """
-    if weak is None or strong is None:
-        dw, ds = default_pair(table)
-        if weak is None and strong is None:
-            weak, strong = dw, ds
-        elif weak is None:
-            weak = dw if dw != strong else ds
-        else:
-            strong = ds if ds != weak else dw
-    for role, arm in (("weak", weak), ("strong", strong)):
-        if arm not in table.arms:
-            raise RouterTrainError(f"unknown {role} arm {arm!r}; arms: {', '.join(table.arms)}")
-    if weak == strong:
-        raise RouterTrainError(f"the weak and strong arms are both {weak!r}; pick two different arms")
+    try:
+        weak, strong = resolve_pair(table, costs_for(table)[0], weak, strong)
+    except EvaluationError as exc:
+        raise RouterTrainError(str(exc)) from exc
     texts = list(replies) if replies is not None else table.responses.get(weak)
     if texts is None:
         having = [a for a in table.arms if a in table.responses]

@@ -1,18 +1,20 @@
 """Atomic file writes: a temporary file beside the target, flushed and fsynced, then
 ``os.replace``. A reader sees the old file or the whole new one, never a partial file, and
-an error (or Ctrl-C) removes the temporary file."""
+an error (or Ctrl-C) removes the temporary file. :func:`write_dir` does the same for an
+artifact directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_bytes", "write_json", "write_with"]
+__all__ = ["atomic_open", "write_bytes", "write_dir", "write_json", "write_with"]
 
 
 @contextmanager
@@ -56,3 +58,42 @@ def write_json(path: str | Path, data: Any, *, shared: bool = False, **dump_kw: 
     """``data`` as indented JSON (``dump_kw`` as for :func:`json.dumps`) plus a newline, atomically."""
     dump_kw.setdefault("indent", 2)
     write_bytes(path, (json.dumps(data, **dump_kw) + "\n").encode("utf-8"), shared=shared)
+
+
+def write_dir(path: str | Path, fill: Callable[[Path], Any], *, marker: str, what: str,
+              error: type[Exception] = ValueError) -> Path:
+    """Write an artifact directory: ``fill(tmp)`` writes the files into a fresh temporary
+    directory beside ``path``, which then replaces ``path`` by renames (the old one, if
+    any, moved aside first and put back if the final rename fails). A failure anywhere
+    leaves neither a partial artifact nor a changed old one. An existing ``path`` that is
+    a file, or a non-empty directory without the ``marker`` file (so not a ``what``
+    artifact), is refused with ``error``. Returns ``path``."""
+    target = Path(path).expanduser()
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if not target.is_dir():
+            raise error(f"{target} exists and is not a directory; choose another output path")
+        if any(target.iterdir()) and not (target / marker).is_file():
+            raise error(f"{target} exists, is not empty and is not a {what}; choose another output path")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    old: Path | None = None
+    try:
+        fill(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

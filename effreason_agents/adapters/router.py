@@ -76,8 +76,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -87,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.adapters.atomic import write_json, write_with
+from effreason_agents.adapters.atomic import write_dir, write_json, write_with
 from effreason_agents.core.features import QUESTION_FEATURES, question_vector
 from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import RouterError
@@ -988,18 +986,7 @@ def save_router(path: str | os.PathLike[str], featurizer: Featurizer, kind: str,
     card = _jsonable(_merge(card, card_extra or {}))
     card["policy"] = _check_policy(card.get("policy"))
 
-    target = Path(path).expanduser()
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        if not target.is_dir():
-            raise RouterError(f"{target} exists and is not a directory; choose another output path")
-        if any(target.iterdir()) and not (target / CARD_FILE).is_file():
-            raise RouterError(f"{target} exists, is not empty and is not a router artifact; choose another output "
-                              "path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    old: Path | None = None
-    try:
+    def fill(tmp: Path) -> None:
         write_json(tmp / FEATURIZER_FILE, featurizer.to_json(), **_JSON)
         write_with(tmp / WEIGHTS_FILE, lambda fh: np.savez(fh, **arrays))
         if kind == "gbm":
@@ -1009,20 +996,5 @@ def save_router(path: str | os.PathLike[str], featurizer: Featurizer, kind: str,
                 raise RouterError(f"saving a gbm router needs skops: {_TRAIN_EXTRA}") from exc
             write_with(tmp / SKOPS_FILE, lambda fh: sio.dump(sk_model, fh))
         write_json(tmp / CARD_FILE, card, **_JSON)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.rmdir(old)
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+
+    return write_dir(path, fill, marker=CARD_FILE, what="router artifact", error=RouterError)

@@ -45,8 +45,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -55,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.adapters.atomic import write_json, write_with
+from effreason_agents.adapters.atomic import write_dir, write_json, write_with
 from effreason_agents.core.answer_features import FEATURES_VERSION, feature_names, feature_vector
 from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import CalibratorError, ScorerError
@@ -384,34 +382,8 @@ def save_scorer(path: str | os.PathLike[str], card: Mapping[str, Any], arrays: M
     if any(a.dtype == object for a in arrs.values()):
         raise ScorerError("cascade scorer arrays must be numbers or strings, not objects")
     CascadeScorer(full, arrs, source=str(path))  # refuse to write what could not be loaded
-    target = Path(path).expanduser()
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        if not target.is_dir():
-            raise ScorerError(f"{target} exists and is not a directory; choose another output path")
-        if any(target.iterdir()) and not (target / CARD_FILE).is_file():
-            raise ScorerError(f"{target} exists, is not empty and is not a scorer artifact; choose another "
-                                  "output path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    old: Path | None = None
-    try:
+    def fill(tmp: Path) -> None:
         write_with(tmp / WEIGHTS_FILE, lambda fh: np.savez(fh, **arrs))
         write_json(tmp / CARD_FILE, full, **_JSON)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.rmdir(old)
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+
+    return write_dir(path, fill, marker=CARD_FILE, what="scorer artifact", error=ScorerError)

@@ -100,19 +100,6 @@ def router_status(
         out.print(f"note: {note}", highlight=False)
 
 
-def _share_option(value: Optional[str]) -> Optional[tuple[str, float]]:
-    if value is None:
-        return None
-    tier, sep, raw = value.partition("=")
-    try:
-        share = float(raw)
-    except ValueError:
-        share = -1.0
-    if not sep or not tier or not 0.0 <= share <= 1.0:
-        raise EffReasonError(f"--max-share must look like TIER=SHARE with SHARE in [0, 1], e.g. large=0.2; got {value!r}")
-    return tier, share
-
-
 def router_retrain(
     data: str = typer.Option(..., "--data", help="Logged outcomes: the outcome store ('store' or a .sqlite path), or a long/wide file."),
     fmt: Optional[str] = typer.Option(None, "--format", help="wide | long | store (default: from the path)."),
@@ -134,6 +121,7 @@ def router_retrain(
     The challenger trains on the recent prompts except a held-out share, both routers are scored on those held-out prompts, and the artifact is swapped atomically only when the challenger's APGR (or, for more than two arms, policy hull area) beats the deployed router's by more than the 95% bootstrap interval.
     """
     from effreason_agents.adapters.router_target import parse_since
+    from effreason_agents.cli.router import _share_target
     from router_training.models import KINDS
     from router_training.retrain import retrain
     from router_training.train import AUTO_KINDS
@@ -149,7 +137,7 @@ def router_retrain(
             raise EffReasonError("give at most one target: --max-share, --max-mean-cost or --min-accuracy")
         with (err.status("retraining the router", spinner="dots") if not json_out else _Quiet()) as status:
             r = retrain(data, artifact, fmt=fmt, since=cutoff, kinds=kinds, min_prompts=min_prompts, holdout=holdout,
-                        k=cv, seed=seed, n_boot=n_boot, max_share=_share_option(max_share),
+                        k=cv, seed=seed, n_boot=n_boot, max_share=_share_target(max_share),
                         max_mean_cost=max_mean_cost, min_accuracy=min_accuracy, progress=status.update)
     except EffReasonError as exc:
         fail(exc)
