@@ -22,6 +22,7 @@ __all__ = [
     "OnErrorOpt",
     "load",
     "load_items",
+    "share_target",
 ]
 
 ConfigOpt = typer.Option(
@@ -57,3 +58,17 @@ def load_items(
         raise EffReasonError("give --suite NAME or --data FILE")
     items = load_dataset(data, on_error=on_error, warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}"))  # type: ignore[arg-type]
     return (items[:limit] if limit else items), data.name
+
+
+def share_target(max_share: Optional[str]) -> Optional[tuple[str, float]]:
+    """``--max-share TIER=SHARE`` as ``(tier, share)``; ``None`` when not given."""
+    if max_share is None:
+        return None
+    tier, sep, value = max_share.partition("=")
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not sep or not tier or not 0.0 <= share <= 1.0:
+        raise EffReasonError(f"--max-share must look like TIER=SHARE with SHARE in [0, 1], e.g. large=0.2; got {max_share!r}")
+    return tier, share

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from effreason_agents.cli.options import JsonOpt
+from effreason_agents.cli.options import JsonOpt, share_target
 from effreason_agents.cli.render import fail, out, print_json
 from effreason_agents.errors import EffReasonError
 
@@ -38,24 +38,11 @@ def _router_table(data: str, fmt: Optional[str], weak: Optional[str], strong: Op
     return load_table(data, fmt, arms=chosen or None)
 
 
-def _share_target(max_share: Optional[str]) -> Optional[tuple[str, float]]:
-    if max_share is None:
-        return None
-    tier, sep, value = max_share.partition("=")
-    try:
-        share = float(value)
-    except ValueError:
-        share = -1.0
-    if not sep or not tier or not 0.0 <= share <= 1.0:
-        raise EffReasonError(f"--max-share must look like TIER=SHARE with SHARE in [0, 1], e.g. large=0.2; got {max_share!r}")
-    return tier, share
-
-
 def _targets(max_share: Optional[str], max_mean_cost: Optional[float], min_accuracy: Optional[float]) -> dict[str, Any]:
     given = [x for x in (max_share, max_mean_cost, min_accuracy) if x is not None]
     if len(given) > 1:
         raise EffReasonError("give at most one target: --max-share, --max-mean-cost or --min-accuracy")
-    return {"max_share": _share_target(max_share), "max_mean_cost": max_mean_cost, "min_accuracy": min_accuracy}
+    return {"max_share": share_target(max_share), "max_mean_cost": max_mean_cost, "min_accuracy": min_accuracy}
 
 
 def two_arm_lines(r: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import typer
 
-from effreason_agents.cli.options import ConfigOpt, JsonOpt, load
+from effreason_agents.cli.options import ConfigOpt, JsonOpt, load, share_target
 from effreason_agents.cli.render import err, fail, money, out, print_json
 from effreason_agents.errors import EffReasonError
 
@@ -121,7 +121,6 @@ def router_retrain(
     The challenger trains on the recent prompts except a held-out share, both routers are scored on those held-out prompts, and the artifact is swapped atomically only when the challenger's APGR (or, for more than two arms, policy hull area) beats the deployed router's by more than the 95% bootstrap interval.
     """
     from effreason_agents.adapters.router_target import parse_since
-    from effreason_agents.cli.router import _share_target
     from router_training.models import KINDS
     from router_training.retrain import retrain
     from router_training.train import AUTO_KINDS
@@ -137,7 +136,7 @@ def router_retrain(
             raise EffReasonError("give at most one target: --max-share, --max-mean-cost or --min-accuracy")
         with (err.status("retraining the router", spinner="dots") if not json_out else _Quiet()) as status:
             r = retrain(data, artifact, fmt=fmt, since=cutoff, kinds=kinds, min_prompts=min_prompts, holdout=holdout,
-                        k=cv, seed=seed, n_boot=n_boot, max_share=_share_target(max_share),
+                        k=cv, seed=seed, n_boot=n_boot, max_share=share_target(max_share),
                         max_mean_cost=max_mean_cost, min_accuracy=min_accuracy, progress=status.update)
     except EffReasonError as exc:
         fail(exc)

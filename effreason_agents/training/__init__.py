@@ -11,7 +11,7 @@ Offline code: it imports the library; nothing in the library imports it.
 
 from __future__ import annotations
 
-from effreason_agents.training.export import ExportSummary, Trace, collect_traces, export, export_store
+from effreason_agents.training.export import ExportSummary, Trace, collect_traces, export_store, export_traces
 from effreason_agents.training.rewards import correctness_reward, kimi_length_reward, l1_length_reward
 
 __all__ = [
@@ -19,8 +19,8 @@ __all__ = [
     "Trace",
     "collect_traces",
     "correctness_reward",
-    "export",
     "export_store",
+    "export_traces",
     "kimi_length_reward",
     "l1_length_reward",
 ]

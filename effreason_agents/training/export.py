@@ -68,7 +68,7 @@ __all__ = [
     "dpo_choice",
     "dpo_pair",
     "eval_path",
-    "export",
+    "export_traces",
     "export_store",
     "in_eval_split",
     "shortest_correct",
@@ -233,7 +233,14 @@ def dpo_choice(traces: Sequence[Trace]) -> tuple[Trace | None, Trace | None, str
 
 
 def _builtin_strategies() -> dict[str, StrategyConfig]:
-    return {n: StrategyConfig.model_validate(s) for n, s in default_config_data({})["strategies"].items()}
+    """The built-in configuration's strategies by name (one that does not validate is left out)."""
+    table: dict[str, StrategyConfig] = {}
+    for name, data in default_config_data({})["strategies"].items():
+        try:
+            table[name] = StrategyConfig.model_validate(data)
+        except ValueError:
+            continue
+    return table
 
 
 def system_prompt(trace: Trace, strategies: Mapping[str, StrategyConfig] | None = None) -> str | None:
@@ -309,7 +316,7 @@ def _group(traces: Iterable[Trace]) -> dict[str, list[Trace]]:
     return by_question
 
 
-def export(
+def export_traces(
     kind: ExportKind,
     traces: Sequence[Trace],
     out: str | Path,
@@ -340,6 +347,8 @@ def export(
     if not traces:
         raise OutcomeDataError(f"{where}: no graded attempts to export; run `effreason bench` first")
     groups = _group(traces)
+    if strategies is None and kind == "sft" and system == "strategy":
+        strategies = _builtin_strategies()
     lines: dict[str, list[str]] = {"train": [], "eval": []}
     skipped: dict[str, int] = {}
     chosen_tokens: list[int] = []
@@ -411,7 +420,7 @@ def export_store(
 ) -> ExportSummary:
     """Export the graded benchmark attempts of the outcome store ``data`` (``"store"``: the
     configured one; a SQLite path; a ``postgresql://`` URL), optionally of one run
-    (``run_id``) or of the runs of one suite (``suite``), as :func:`export` does.
+    (``run_id``) or of the runs of one suite (``suite``), as :func:`export_traces` does.
 
     An unknown run or suite, a missing store or one without graded results raises
     :class:`~effreason_agents.errors.OutcomeDataError` naming the store and listing the
@@ -457,6 +466,6 @@ def export_store(
             f"{where}{(':' + scope) if scope else ''}: {len(results)} graded results but no usable attempt "
             f"({reasons}); nothing written"
         )
-    return export(kind, traces, out, eval_share=eval_share, seed=seed, system=system, strategies=strategies,
+    return export_traces(kind, traces, out, eval_share=eval_share, seed=seed, system=system, strategies=strategies,
                   store=where, runs=[r.run_id for r in chosen_runs] if (run_id or suite) else [r.run_id for r in runs],
                   left_out=left_out)
