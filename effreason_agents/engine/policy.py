@@ -32,7 +32,9 @@ __all__ = [
     "ValueChoice",
     "answer_in_hand",
     "arm_fits",
+    "arm_input_bound",
     "arm_prior",
+    "arm_token_bounds",
     "best_answer",
     "binding_scope",
     "budget_scopes",
@@ -159,9 +161,31 @@ def start_rung(difficulty: Difficulty, start_arm: Mapping[str, str], arms: Seque
     return 0
 
 
+def arm_input_bound(arm: Mapping[str, Any]) -> int:
+    """The most input tokens a planned arm can be billed: its ``input_tokens_bound`` when the
+    plan set one (a bon arm re-sends its prompt every round), else prompt bound × samples."""
+    if arm.get("input_tokens_bound") is not None:
+        return int(arm["input_tokens_bound"])
+    return int(arm["prompt_tokens"]) * int(arm.get("samples") or 1)
+
+
+def arm_token_bounds(strategy: Any, prompt_tokens: int, max_tokens: int) -> tuple[int, int, int]:
+    """(samples, input bound, output bound) of an arm of ``strategy``: an sc arm may draw
+    ``samples`` samples, each with the prompt; a bon arm generates ``samples`` candidates whose
+    continuation rounds re-send the prompt and partial text
+    (:func:`~effreason_agents.engine.sampling.bon_input_bound`); other arms call once."""
+    if strategy.kind == "bon":
+        from effreason_agents.engine.sampling import bon_input_bound
+
+        n = int(strategy.samples)
+        return n, bon_input_bound(prompt_tokens, max_tokens, int(strategy.round_tokens), n), max_tokens * n
+    n = int(strategy.samples) if strategy.kind == "sc" else 1
+    return n, prompt_tokens * n, max_tokens * n
+
+
 def _fit(arm: Mapping[str, Any], limits: Any, used: Spend) -> str | None:
     samples = int(arm.get("samples") or 1)  # an sc arm may draw this many samples, each with the prompt
-    return fits(limits, used, int(arm["prompt_tokens"]) * samples, int(arm["max_tokens"]) * samples,
+    return fits(limits, used, arm_input_bound(arm), int(arm["max_tokens"]) * samples,
                 Decimal(arm["worst_case_cost_usd"]))
 
 
@@ -347,7 +371,7 @@ def arm_prior(arm: Mapping[str, Any], difficulty: str | None, config: Config) ->
     if measured is not None:
         return float(measured[level]), measured.get("output_tokens"), "builtin"
     strategy = config.strategies[arm["strategy"]]
-    kind = strategy.sample_prompt if strategy.kind == "sc" else strategy.kind
+    kind = strategy.sample_prompt if strategy.kind in ("sc", "bon") else strategy.kind
     p = GENERIC_PRIORS[kind][("easy", "medium", "hard").index(level)]
     if strategy.kind == "sc":
         p = min(0.99, p + SC_GENERIC_BONUS)
@@ -379,7 +403,7 @@ def estimate_arms(
         worst = int(arm["max_tokens"]) * samples
         expected = min(float(tokens), float(worst)) if tokens else float(worst)
         tier = config.tiers[arm["tier"]]
-        usd = float(cost_usd(tier, int(arm["prompt_tokens"]) * samples, int(round(expected))))
+        usd = float(cost_usd(tier, arm_input_bound(arm), int(round(expected))))
         out[arm["name"]] = ArmEstimate(p_correct=min(max(p, 0.0), 1.0), prior=prior, source=source,
                                        output_tokens=expected, cost_usd=usd)
     return out

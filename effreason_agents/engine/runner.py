@@ -86,9 +86,9 @@ def attempt_id(key: str) -> str:
 
 
 def prompting(strategy: Any) -> Any:
-    """The strategy whose prompt an arm sends: an sc strategy prompts each sample with its
-    ``sample_prompt`` family."""
-    if strategy.kind == "sc":
+    """The strategy whose prompt an arm sends: an sc or bon strategy prompts each sample with
+    its ``sample_prompt`` family."""
+    if strategy.kind in ("sc", "bon"):
         return strategy.model_copy(update={"kind": strategy.sample_prompt})
     return strategy
 
@@ -159,9 +159,14 @@ class AttemptRunner:
 
     # -- the budget protocol ------------------------------------------------------------
     @staticmethod
-    def worst_case(client: TierClient, prompt_tokens: int, max_tokens: int, samples: int = 1) -> Usage:
-        """The most a call can cost: ``samples`` × (prompt bound + every output token), priced."""
-        tin, tout = prompt_tokens * samples, max_tokens * samples
+    def worst_case(
+        client: TierClient, prompt_tokens: int, max_tokens: int, samples: int = 1, input_tokens: int | None = None,
+    ) -> Usage:
+        """The most a call can cost: ``samples`` × (prompt bound + every output token), priced.
+        ``input_tokens`` replaces ``samples × prompt_tokens`` when the call re-sends its prompt
+        more often (a bon arm's continuation rounds: :func:`~effreason_agents.engine.sampling.bon_input_bound`)."""
+        tin = prompt_tokens * samples if input_tokens is None else int(input_tokens)
+        tout = max_tokens * samples
         return Usage.from_usd(tout, tin + tout, cost_usd(client.tier, tin, tout))
 
     @staticmethod
@@ -210,11 +215,12 @@ class AttemptRunner:
     def call(
         self, key: str, scopes: Sequence[Scope], client: TierClient, *, prompt_tokens: int, max_tokens: int,
         invoke: Callable[[], Completion], samples: int = 1, rounds: int = 1,
-        limits: Mapping[Scope, LimitConfig] | None = None,
+        limits: Mapping[Scope, LimitConfig] | None = None, input_tokens: int | None = None,
     ) -> Held:
         """Hold → ``invoke()`` → settle. ``invoke`` makes the provider call(s) and returns
-        one :class:`Completion` (summed over samples). The hold is released when it raises."""
-        worst = self.worst_case(client, prompt_tokens, max_tokens, samples)
+        one :class:`Completion` (summed over samples). The hold is released when it raises.
+        ``input_tokens``: the input bound when it is not ``samples × prompt_tokens``."""
+        worst = self.worst_case(client, prompt_tokens, max_tokens, samples, input_tokens)
         done = self._open(key, scopes, worst, self.ttl(client, rounds), limits)
         if done is not None:
             return done
@@ -318,8 +324,23 @@ class AttemptRunner:
         prompt_tokens = int(arm["prompt_tokens"])  # bounded when the arm was planned
         if budget_tokens is not None:  # budget-cot: the prompt names this request's N
             prompt_tokens = max(prompt_tokens, client.prompt_bound(prompt.messages))
+        input_bound: int | None = None
+        bon_run: dict[str, Any] = {}
         try:
-            if strategy.kind == "sc":
+            if strategy.kind == "bon":
+                from effreason_agents.engine.sampling import bon_arm, bon_input_bound, bon_rounds
+
+                samples = int(strategy.samples)
+                # every round re-sends the prompt (and the partial text) for every candidate
+                input_bound = bon_input_bound(prompt_tokens, max_tokens, strategy.round_tokens, samples)
+
+                def invoke() -> Completion:
+                    c, bon_run["result"] = bon_arm(client, strategy, prompt, max_tokens, question=question,
+                                                   prompt_tokens=prompt_tokens)
+                    return c
+
+                rounds = bon_rounds(max_tokens, strategy.round_tokens) * samples
+            elif strategy.kind == "sc":
                 from effreason_agents.engine.sampling import sample_arm
 
                 def invoke() -> Completion:
@@ -338,7 +359,8 @@ class AttemptRunner:
 
                 rounds = 2 if strategy.thinking_budget else 1
             held = self.call(key, scopes, client, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                             invoke=invoke, samples=samples, rounds=rounds, limits=limits)
+                             invoke=invoke, samples=samples, rounds=rounds, limits=limits,
+                             input_tokens=input_bound)
         except TierError as exc:
             attempt.update(error=str(exc), error_kind=str(exc.kind), confidence_method=f"error: {exc.kind}",
                            input_tokens=extra.input_tokens, output_tokens=extra.output_tokens,
@@ -352,8 +374,9 @@ class AttemptRunner:
         answers = c.samples
         signals = compute_signals(
             c.logprobs, len(c.prefill), parsed.span, c.finish_reason,
-            output_tokens=c.output_tokens if strategy.kind != "sc" else None, max_tokens=max_tokens,
-            answer_method=parsed.method, samples=answers,
+            output_tokens=c.output_tokens if strategy.kind not in ("sc", "bon") else None, max_tokens=max_tokens,
+            # bon: the winner's own logprobs judge it; rejected partials are not votes
+            answer_method=parsed.method, samples=answers if strategy.kind != "bon" else None,
         )
         signals.update(question_signals(features, parsed.answer))
         if verify is not None:
@@ -362,6 +385,13 @@ class AttemptRunner:
             attempt.update(samples=answers, samples_cap=strategy.samples)
             drawn_n = len(answers or []) or 1
             signals["length_ratio"] = c.output_tokens / (max_tokens * drawn_n)
+        if strategy.kind == "bon":
+            attempt.update(samples=answers, samples_cap=strategy.samples)
+            result = bon_run.get("result")
+            if result is not None:  # absent when the step was replayed from the ledger
+                signals.update(result.record())
+                winner = result.candidates[result.winner] if result.winner is not None else None
+                signals["length_ratio"] = (winner.output_tokens if winner else 0) / max_tokens
         conf, method, calibrator = policy.confidence(
             services.calibrators, arm["tier"], arm["strategy"], signals,
             has_answer=parsed.answer is not None, answer_method=parsed.method,

@@ -53,6 +53,7 @@ engines prefill it once for all ``n`` choices.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -65,24 +66,37 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 
 from effreason_agents.core.prompts import parse_answer
 from effreason_agents.core.answers import answer_key
-from effreason_agents.adapters.tiers import TierClient, cost_usd, parse_logprobs
+from effreason_agents.adapters.tiers import MESSAGE_OVERHEAD_TOKENS, TierClient, cost_usd, parse_logprobs
 from effreason_agents.core.records import Completion, TokenLogprob
 
 Rule = Literal["beta", "esc", "fixed"]
 RULES: tuple[Rule, ...] = ("beta", "esc", "fixed")
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "CONTINUATION_OVERHEAD_TOKENS",
+    "CONTINUATION_SLACK",
     "RULES",
+    "BonCandidate",
+    "BonResult",
     "Rule",
     "SampleResult",
+    "best_of_n",
     "beta_posterior_majority",
     "beta_stop",
+    "bon_arm",
+    "bon_candidate_input_bound",
+    "bon_input_bound",
+    "bon_rounds",
     "default_batch",
     "esc_window_stop",
     "majority",
+    "mean_logprob",
     "per_choice_usage",
     "per_choice_usage_with_method",
     "regularized_beta_int",
+    "reject_count",
     "representative_index",
     "sample_arm",
     "sample_until_settled",
@@ -465,3 +479,334 @@ def sample_arm(client: TierClient, strategy: Any, prompt: Any, max_tokens: int) 
         model=client.tier.model, cost_usd=r.cost_usd, logprobs=r.representative_logprobs, prefill=r.prefill,
         cached_input_tokens=r.cached_input_tokens, usage_reported=r.usage_reported, samples=r.answers,
     )
+
+
+# -- Best-of-N with early rejection (the bon strategy) ------------------------------------
+
+CONTINUATION_SLACK = 1.1
+"""A continuation re-sends the partial text as an assistant prefill; its re-tokenised length is
+bounded by the tokens generated so far times this factor (re-tokenising a model's own output
+gives about as many tokens; the 10% covers merges that split differently)."""
+
+CONTINUATION_OVERHEAD_TOKENS = MESSAGE_OVERHEAD_TOKENS + 2
+"""Chat-template tokens a continuation adds for the prefilled assistant turn (and its separator)."""
+
+
+def bon_rounds(max_tokens: int, round_tokens: int) -> int:
+    """Requests one candidate can need: ``ceil(max_tokens / round_tokens)`` (at least 1)."""
+    if max_tokens < 1 or round_tokens < 1:
+        raise ValueError("max_tokens and round_tokens must be at least 1")
+    return max(1, math.ceil(max_tokens / round_tokens))
+
+
+def bon_candidate_input_bound(prompt_tokens: int, max_tokens: int, round_tokens: int) -> int:
+    """The most input tokens one candidate can be billed: every round re-sends the prompt
+    (``prompt_tokens``, a bound), and round ``r ≥ 1`` also its partial text of at most
+    ``min(r·round_tokens, max_tokens)`` generated tokens (times :data:`CONTINUATION_SLACK`,
+    plus :data:`CONTINUATION_OVERHEAD_TOKENS`). :func:`best_of_n` never sends a request that
+    would take a candidate past this bound (it checks each continuation's own prompt bound)."""
+    rounds = bon_rounds(max_tokens, round_tokens)
+    total = prompt_tokens * rounds
+    for r in range(1, rounds):
+        partial = min(r * round_tokens, max_tokens)
+        total += math.ceil(partial * CONTINUATION_SLACK) + CONTINUATION_OVERHEAD_TOKENS
+    return total
+
+
+def bon_input_bound(prompt_tokens: int, max_tokens: int, round_tokens: int, samples: int) -> int:
+    """The most input tokens a bon arm of ``samples`` candidates can be billed (all of them
+    running every round): ``samples ×`` :func:`bon_candidate_input_bound`."""
+    return samples * bon_candidate_input_bound(prompt_tokens, max_tokens, round_tokens)
+
+
+def reject_count(running: int, fraction: float) -> int:
+    """How many of ``running`` candidates a round drops: ``floor(fraction × running)``, never
+    all of them (at least one keeps running)."""
+    if running <= 1 or fraction <= 0:
+        return 0
+    return min(running - 1, math.floor(fraction * running + 1e-9))
+
+
+def mean_logprob(logprobs: Sequence[TokenLogprob] | None) -> float | None:
+    """The model's own certainty in a text: the mean logprob of its tokens (``None`` without any)."""
+    if not logprobs:
+        return None
+    return math.fsum(t.logprob for t in logprobs) / len(logprobs)
+
+
+@dataclass
+class BonCandidate:
+    """One of the N generations of a :func:`best_of_n` run.
+
+    ``text`` is what the model generated (after any prefill of the prompt); ``logprobs`` cover
+    it, round after round. ``state`` is ``"running"``, ``"done"`` (it stopped by itself or
+    reached ``max_tokens``), ``"rejected"`` (dropped after round ``rejected_round``, 1-based),
+    ``"budget"`` (its next continuation would have passed its input bound) or ``"failed"``
+    (a request failed: ``error``)."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    requests: int = 0
+    input_bound: int = 0
+    finish_reason: str | None = None
+    state: Literal["running", "done", "rejected", "budget", "failed"] = "running"
+    rejected_round: int | None = None
+    score: float | None = None
+    answer: str | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """It ended by itself (a stop sequence or end of text), not cut by a token cap."""
+        return self.state == "done" and self.finish_reason not in (None, "length")
+
+
+@dataclass
+class BonResult:
+    """What :func:`best_of_n` did: every candidate, what each round dropped, the winner, and
+    the usage summed over every request (rejected partials and re-sent prompts included)."""
+
+    candidates: list[BonCandidate]
+    rejected_per_round: list[list[int]]
+    rounds: int
+    winner: int | None
+    winner_score: float | None
+    scored_by: str
+    prefill: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cost_usd: Decimal
+    requests: int
+    latency_s: float
+    usage_reported: bool
+    input_bound: int
+
+    @property
+    def winner_text(self) -> str:
+        """The winning reply (with the prompt's prefill), ``""`` when there is none."""
+        if self.winner is None:
+            return ""
+        return self.prefill + self.candidates[self.winner].text
+
+    @property
+    def answers(self) -> list[str | None]:
+        """Each candidate's answer read from its (possibly partial) text, by candidate."""
+        return [c.answer for c in self.candidates]
+
+    @property
+    def tokens_per_candidate(self) -> list[int]:
+        """Output tokens each candidate generated (rejected ones up to their rejection)."""
+        return [c.output_tokens for c in self.candidates]
+
+    def record(self) -> dict[str, float]:
+        """The run as flat numeric attempt signals: ``bon_candidates``, ``bon_rounds``,
+        ``bon_score`` (the winner's), ``bon_rejected_r<k>`` (dropped after round k) and
+        ``bon_tokens_c<i>`` (output tokens of candidate i)."""
+        out: dict[str, float] = {"bon_candidates": float(len(self.candidates)), "bon_rounds": float(self.rounds)}
+        if self.winner_score is not None:
+            out["bon_score"] = float(self.winner_score)
+        for r, dropped in enumerate(self.rejected_per_round, start=1):
+            out[f"bon_rejected_r{r}"] = float(len(dropped))
+        for c in self.candidates:
+            out[f"bon_tokens_c{c.index}"] = float(c.output_tokens)
+        return out
+
+
+def _parallel(client: TierClient) -> int:
+    """Requests a round sends at once: the embedded server's slots, else 8."""
+    if client.tier.engine == "embedded":
+        from effreason_agents.config import EmbeddedConfig
+
+        cfg = getattr(client, "_config", None)
+        return (cfg.embedded if cfg is not None else EmbeddedConfig()).n_parallel
+    return 8
+
+
+def best_of_n(
+    client: TierClient,
+    messages: Sequence[BaseMessage | Mapping[str, Any]],
+    *,
+    question: str,
+    max_tokens: int,
+    samples: int,
+    round_tokens: int,
+    reject_fraction: float,
+    temperature: float = 0.7,
+    stop: Sequence[str] | None = None,
+    reward: Callable[[str, str], float] | None = None,
+    prompt_tokens: int | None = None,
+) -> BonResult:
+    """Best-of-N with early rejection (Speculative Rejection, Sun et al. 2024).
+
+    ``samples`` candidates answer ``messages`` in rounds of ``round_tokens`` tokens. After each
+    round every still-running candidate is scored on its partial text and the lowest
+    :func:`reject_count` of them (``reject_fraction`` of the running ones) is dropped; the rest
+    continue: the prompt is re-sent with the partial text as an assistant prefill. Candidates
+    run until they stop by themselves or reach ``max_tokens``. The winner is the best-scored
+    complete candidate (or, when none completed, the best surviving one).
+
+    The score is ``reward(question, text)`` when given, else the model's own certainty,
+    :func:`mean_logprob` of the text. A reward that raises scores that candidate lowest (logged).
+    ``reject_fraction = 0`` with ``round_tokens >= max_tokens`` is plain Best-of-N. On tiers
+    without ``assistant_prefill`` a candidate cannot be continued, so there is one round of
+    ``max_tokens`` (plain Best-of-N).
+
+    Tokens: ``prompt_tokens`` is the bound of the prompt (:meth:`TierClient.prompt_bound` of
+    ``messages`` when unset); no candidate is sent a request that takes its summed input
+    bounds past :func:`bon_candidate_input_bound`, so the run's billed input never exceeds
+    :func:`bon_input_bound`. Failed requests drop their candidate; when every first-round
+    request fails the first failure is raised (a :class:`~effreason_agents.errors.TierError`)."""
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    if max_tokens < 1 or round_tokens < 1:
+        raise ValueError("max_tokens and round_tokens must be at least 1")
+    if not 0.0 <= reject_fraction < 1.0:
+        raise ValueError("reject_fraction must lie in [0, 1)")
+    caps = client.tier.capabilities
+    if reward is None and not caps.logprobs:
+        from effreason_agents.errors import ConfigError
+
+        raise ConfigError(f"tier {client.name!r} returns no logprobs, so a bon strategy cannot score by the "
+                          "model's certainty; set the strategy's reward or reward_url")
+    msgs = convert_to_messages(list(messages))
+    prefill = ""
+    if msgs and isinstance(msgs[-1], AIMessage):
+        prefill = str(msgs[-1].content) if caps.assistant_prefill else ""
+        msgs = msgs[:-1]
+    bound0 = int(prompt_tokens) if prompt_tokens is not None else client.prompt_bound(messages)
+    k = round_tokens if caps.assistant_prefill else max_tokens
+    allowance = bon_candidate_input_bound(bound0, max_tokens, k)
+    from langchain_core.runnables.config import ensure_config
+
+    cfg = ensure_config()
+    cands = [BonCandidate(i) for i in range(samples)]
+    scored_by = "reward" if reward is not None else "mean_logprob"
+
+    def score(c: BonCandidate) -> float | None:
+        if reward is None:
+            return mean_logprob(c.logprobs)
+        try:
+            return float(reward(question, prefill + c.text))
+        except Exception as exc:  # noqa: BLE001 - a broken reward ranks the candidate last
+            log.warning("bon: the reward failed on candidate %d (%s); it ranks last", c.index, exc)
+            return None
+
+    def step(c: BonCandidate) -> Completion:
+        head = prefill + c.text
+        send = [*msgs, AIMessage(head)] if head else list(msgs)
+        return client.complete(send, max_tokens=min(k, max_tokens - c.output_tokens), temperature=temperature,
+                               stop=list(stop) if stop else None, config=cfg)
+
+    def rank(c: BonCandidate) -> tuple[float, int]:
+        return (c.score if c.score is not None and math.isfinite(c.score) else -math.inf, -c.index)
+
+    rejected: list[list[int]] = []
+    rounds = requests = 0
+    usage_missing = False
+    latency = 0.0
+    first_error: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=max(1, min(samples, _parallel(client))), thread_name_prefix="bon")
+    try:
+        while True:
+            batch: list[BonCandidate] = []
+            for c in cands:
+                if c.state != "running":
+                    continue
+                bound = bound0 if c.requests == 0 else client.prompt_bound([*msgs, AIMessage(prefill + c.text)])
+                if c.input_bound + bound > allowance:
+                    c.state, c.finish_reason = "budget", "length"
+                    continue
+                c.input_bound += bound
+                batch.append(c)
+            if not batch:
+                break
+            start = time.perf_counter()
+            sent = {c.index: min(k, max_tokens - c.output_tokens) for c in batch}
+            futures = [pool.submit(step, c) for c in batch]
+            wait(futures)
+            latency += time.perf_counter() - start
+            rounds += 1
+            for c, f in zip(batch, futures):
+                exc = f.exception()
+                if exc is not None:
+                    c.state, c.error = "failed", str(exc)
+                    first_error = first_error or exc
+                    continue
+                out = f.result()
+                requests += 1
+                c.requests += 1
+                usage_missing = usage_missing or not out.usage_reported
+                c.input_tokens += out.input_tokens
+                # without usage the call is settled at the hold; count it as its whole cap here
+                c.output_tokens += out.output_tokens if out.usage_reported else \
+                    (len(out.logprobs) if out.logprobs else sent[c.index])
+                c.cached_input_tokens += out.cached_input_tokens
+                c.text += out.generated_text
+                c.logprobs.extend(out.logprobs or [])
+                c.finish_reason = out.finish_reason
+                if out.finish_reason != "length" or c.output_tokens >= max_tokens or not out.generated_text:
+                    c.state = "done"
+            if requests == 0 and first_error is not None:
+                raise first_error
+            running = [c for c in cands if c.state == "running"]
+            drop = reject_count(len(running), reject_fraction)
+            if running and reject_fraction > 0:
+                for c in running:
+                    c.score = score(c)
+                gone = sorted(running, key=rank)[:drop]
+                for c in gone:
+                    c.state, c.rejected_round = "rejected", rounds
+                rejected.append(sorted(c.index for c in gone))
+            elif running:
+                rejected.append([])
+    finally:
+        pool.shutdown(wait=True)
+
+    for c in cands:
+        c.answer = answer_key(parse_answer(prefill + c.text).answer) if c.text else None
+    pool_ = [c for c in cands if c.complete] or [c for c in cands if c.state != "rejected" and c.text]
+    for c in pool_:
+        c.score = score(c)
+    winner = max(pool_, key=rank) if pool_ else None
+    tin = sum(c.input_tokens for c in cands)
+    tout = sum(c.output_tokens for c in cands)
+    cached = sum(c.cached_input_tokens for c in cands)
+    return BonResult(
+        candidates=cands, rejected_per_round=rejected, rounds=rounds,
+        winner=None if winner is None else winner.index, winner_score=None if winner is None else winner.score,
+        scored_by=scored_by, prefill=prefill, input_tokens=tin, output_tokens=tout, cached_input_tokens=cached,
+        cost_usd=cost_usd(client.tier, tin, tout, cached), requests=requests, latency_s=latency,
+        usage_reported=not usage_missing, input_bound=sum(c.input_bound for c in cands),
+    )
+
+
+def bon_arm(
+    client: TierClient, strategy: Any, prompt: Any, max_tokens: int, *, question: str,
+    prompt_tokens: int | None = None, reward: Callable[[str, str], float] | None = None,
+) -> tuple[Completion, BonResult]:
+    """Run a bon arm (:func:`best_of_n` with the strategy's ``samples``, ``round_tokens``,
+    ``reject_fraction``, ``temperature`` and reward). Returns the attempt as one
+    :class:`Completion` — the winner's text, logprobs and finish reason, every request's
+    tokens and cost, every candidate's answer in ``samples`` — and the run's :class:`BonResult`."""
+    if reward is None:
+        from effreason_agents.adapters.reward import load_reward
+
+        reward = load_reward(strategy)
+    r = best_of_n(
+        client, prompt.messages, question=question, max_tokens=max_tokens, samples=strategy.samples,
+        round_tokens=strategy.round_tokens, reject_fraction=strategy.reject_fraction,
+        temperature=strategy.temperature, stop=prompt.stop, reward=reward, prompt_tokens=prompt_tokens,
+    )
+    w = r.candidates[r.winner] if r.winner is not None else None
+    c = Completion(
+        text=r.winner_text, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+        finish_reason=w.finish_reason if w is not None else None, latency_s=r.latency_s, model=client.tier.model,
+        cost_usd=r.cost_usd, logprobs=list(w.logprobs) if w is not None and w.logprobs else None, prefill=r.prefill,
+        cached_input_tokens=r.cached_input_tokens, usage_reported=r.usage_reported, samples=r.answers,
+    )
+    return c, r

@@ -253,7 +253,7 @@ class ReasoningNodes:
                 prompt_tokens = self._question_tokens(client, question) + PROMPT_OVERHEAD_TOKENS
             max_tokens = self.config.arm_max_tokens(arm)
             strategy = self.config.strategies[arm.strategy]
-            samples = strategy.samples if strategy.kind == "sc" else 1
+            samples, input_bound, output_bound = policy.arm_token_bounds(strategy, prompt_tokens, max_tokens)
             window = self.config.context_window(arm.tier)
             largest = max(largest, window)
             if prompt_tokens + max_tokens > window:
@@ -268,7 +268,8 @@ class ReasoningNodes:
                     "max_tokens": max_tokens,
                     "prompt_tokens": prompt_tokens,
                     "samples": samples,
-                    "worst_case_cost_usd": format_usd(worst_case_cost(tier, prompt_tokens * samples, max_tokens * samples)),
+                    "input_tokens_bound": input_bound,
+                    "worst_case_cost_usd": format_usd(worst_case_cost(tier, input_bound, output_bound)),
                 }
             )
         if not arms:

@@ -145,7 +145,7 @@ class ChatCostAware(BaseChatModel):
         for s in data["strategies"].values():
             if self.max_tokens is not None:
                 s["max_tokens"] = min(int(s["max_tokens"]), self.max_tokens)
-            if self.temperature is not None and s.get("kind") != "sc":
+            if self.temperature is not None and s.get("kind") not in ("sc", "bon"):  # samplers keep theirs
                 s["temperature"] = self.temperature
         if self.max_tokens is not None:
             for arm in data["ladder"]:
