@@ -6,15 +6,16 @@ artifact directory."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_bytes", "write_dir", "write_json", "write_with"]
+__all__ = ["atomic_open", "jsonable", "write_bytes", "write_dir", "write_json", "write_with"]
 
 
 @contextmanager
@@ -97,3 +98,18 @@ def write_dir(path: str | Path, fill: Callable[[Path], Any], *, marker: str, wha
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with mappings' keys as strings, sequences and numpy arrays as lists, numpy
+    scalars as Python numbers and NaN / infinite floats as ``None``: what a JSON artifact
+    card may hold."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # numpy arrays and scalars, without importing numpy
+        return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

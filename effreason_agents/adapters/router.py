@@ -85,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.adapters.atomic import write_dir, write_json, write_with
+from effreason_agents.adapters.atomic import jsonable, write_dir, write_json, write_with
 from effreason_agents.core.features import QUESTION_FEATURES, question_vector
 from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import RouterError
@@ -929,18 +929,6 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def save_router(path: str | os.PathLike[str], featurizer: Featurizer, kind: str, model: Any, arms: Sequence[str],
                 card_extra: Mapping[str, Any] | None = None) -> Path:
     """Write a router artifact directory and return its path.
@@ -983,7 +971,7 @@ def save_router(path: str | os.PathLike[str], featurizer: Featurizer, kind: str,
         "cv": {},
         "policy": {"kind": "threshold", "tau": 0.5, "costs": {}},
     }
-    card = _jsonable(_merge(card, card_extra or {}))
+    card = jsonable(_merge(card, card_extra or {}))
     card["policy"] = _check_policy(card.get("policy"))
 
     def fill(tmp: Path) -> None:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from effreason_agents.adapters.atomic import write_dir, write_json, write_with
+from effreason_agents.adapters.atomic import jsonable, write_dir, write_json, write_with
 from effreason_agents.core.answer_features import FEATURES_VERSION, feature_names, feature_vector
 from effreason_agents.core.numeric import sigmoid
 from effreason_agents.errors import CalibratorError, ScorerError
@@ -353,18 +353,6 @@ class CascadeScorer:
 # -- saving ------------------------------------------------------------------------------------
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def save_scorer(path: str | os.PathLike[str], card: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
     """Write a cascade scorer artifact directory and return its path.
 
@@ -375,7 +363,7 @@ def save_scorer(path: str | os.PathLike[str], card: Mapping[str, Any], arrays: M
     nor a changed old one. An existing non-empty ``path`` that is not a scorer artifact
     is refused.
     """
-    full = _jsonable({**card, "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION})
+    full = jsonable({**card, "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION})
     full.setdefault("training", {})
     full["training"].setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     arrs = {k: np.asarray(v) for k, v in arrays.items()}
