@@ -589,6 +589,8 @@ def default_config_data(environ: Mapping[str, str] | None = None) -> dict[str, A
             "budget-cot": {"kind": "budget-cot", "max_tokens": 384},
             "cod-fewshot": {"kind": "cod", "max_tokens": 160, "word_limit": 5, "few_shot": True},
             "sc": {"kind": "sc", "max_tokens": 24, "samples": 8, "sample_prompt": "direct", "temperature": 0.7},
+            "bon": {"kind": "bon", "max_tokens": 160, "samples": 4, "sample_prompt": "cod", "temperature": 0.7,
+                    "round_tokens": 32, "reject_fraction": 0.5},
         },
         "ladder": ["small:direct", "small:cot", "large:cod", "large:cot"],
     }

@@ -234,7 +234,7 @@ def test_value_arms_and_priors_are_validated_with_clear_errors() -> None:
                          value_priors={"small:sc": {"easy": 0.4, "medium": 0.3, "hard": 0.2}})
     assert [a.name for a in c.escalation.value_arms] == ["small:sc"]
     with pytest.raises(ConfigError, match=r"escalation.value_arms\[1\]: unknown strategy 'sx' in 'small:sx' "
-                                          r"\(known: budget-cot, cod, "):
+                                          r"\(known: bon, budget-cot, cod, "):
         _with_escalation(next="value", value_arms=["small:sc", "small:sx"])
     with pytest.raises(ConfigError, match=r"escalation.value_arms\[0\]: unknown tier 'medium' in 'medium:cot' "
                                           r"\(known: large, small\)"):
