@@ -51,6 +51,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
 
+from effreason_agents.engine.runner import prompting
 from effreason_agents.adapters.atomic import atomic_open
 from effreason_agents.adapters.store import AttemptRecord, BenchResult, OutcomeStore
 from effreason_agents.config import Capabilities, StrategyConfig, default_config_data
@@ -255,8 +256,7 @@ def system_prompt(trace: Trace, strategies: Mapping[str, StrategyConfig] | None 
             strategy = StrategyConfig(kind=trace.strategy, max_tokens=256)  # type: ignore[arg-type]
         except ValueError:
             return None
-    if strategy.kind == "sc":
-        strategy = strategy.model_copy(update={"kind": strategy.sample_prompt})
+    strategy = prompting(strategy)  # sc and bon prompt each sample as their sample_prompt
     caps = Capabilities(assistant_prefill=trace.text.startswith(DIRECT_PREFIX))
     try:
         prompt = build_prompt(strategy.model_copy(update={"few_shot": False}), trace.question, caps,
