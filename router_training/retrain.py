@@ -128,8 +128,8 @@ def target_from_card(card: Mapping[str, Any]) -> dict[str, Any]:
             out["max_mean_cost"] = float(m.group(1))
         elif m := _ACC_TEXT.match(text):
             out["min_accuracy"] = float(m.group(1))
-    except ValueError:
-        pass
+    except ValueError:  # a card's free-text target that does not parse: no target, the default policy
+        return out
     return out
 
 
@@ -231,7 +231,7 @@ def _scores(table: OutcomeTable, probs: np.ndarray, weak: str, strong: str, cost
         r = two_arm_report(table, probs, weak, strong)
         out.update({k: r[k] for k in ("apgr", "cpt50", "cpt80")})
     except (PGRUndefinedError, EffReasonError):
-        pass
+        pass  # equally accurate arms or no prompt with both labels: no two-arm figures, the hull decides
     if np.isfinite(table.correct).all(axis=1).any():
         many = many_arm_report(table, probs, costs)
         out["hull_area"] = many["policy" if kind == "threshold" else "lambda"]["hull_area"]

@@ -151,7 +151,7 @@ _REL_TOL = 1e-6
 
 
 class _Unsafe(Exception):
-    pass
+    """An expression :func:`safe_eval` refuses to evaluate (a name, a call, a huge power)."""
 
 
 def _eval_node(node: ast.AST) -> float:
